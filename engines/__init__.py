@@ -1,0 +1,1 @@
+"""Inference engines: synchronous, thread-confined, no WebSocket or asyncio knowledge."""

@@ -1,0 +1,1 @@
+"""Model files shipped with voxserve and locators for models that come from registry packages."""

@@ -1,0 +1,97 @@
+"""``voxserve`` command line: ``voxserve serve [--host H --port P ...]``.
+
+Every flag mirrors a ``VOXSERVE_*`` environment variable (see ``voxserve serve --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from .settings import Settings
+
+log = logging.getLogger("voxserve")
+
+
+def uvicorn_config(app, settings: Settings):
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,      # PCM does not compress; deflate only costs CPU
+        ws_max_size=max(16 * 1024 * 1024, settings.max_message_bytes * 4),
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.drain_timeout_s + 2.0,
+        backlog=4096,
+    )
+
+
+def make_server(settings: Settings):
+    """A uvicorn server whose shutdown first drains voxserve streams (finals, then close 1012)."""
+    import uvicorn
+
+    from .app import create_app
+
+    app = create_app(settings)
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            for server in self.servers:
+                server.close()
+            await app.state.vox.drain()
+            await super().shutdown(sockets)
+
+    return DrainingServer(uvicorn_config(app, settings)), app
+
+
+def serve(settings: Settings) -> int:
+    from .logs import configure
+
+    configure(settings.log_level, settings.log_format)
+    server, _ = make_server(settings)
+    url = f"http://{settings.host}:{settings.port}"
+    log.info("starting", extra={"url": url, "ws": f"ws://{settings.host}:{settings.port}/v1/stream",
+                                "pipelines": settings.pipeline_list})
+    print(f"voxserve listening on {url}  (stream: ws://{settings.host}:{settings.port}/v1/stream)\n"
+          f"try: voxserve-client stream speech.wav --url ws://{settings.host}:{settings.port}/v1/stream "
+          f"--pipelines vad", file=sys.stderr, flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voxserve", description="voxserve streaming voice inference server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the server")
+    Settings.add_arguments(p_serve)
+    sub.add_parser("settings", help="print every setting with its flag, variable and default")
+    args = parser.parse_args(argv)
+    if args.command == "settings":
+        for row in Settings().describe():
+            print(f"{row['flag']:<26} {row['env']:<34} {row['default']!s:<14} {row['doc']}")
+        return 0
+    overrides = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        settings = Settings.from_env(**overrides)
+    except ValueError as exc:
+        print(f"voxserve: {exc}", file=sys.stderr)
+        return 2
+    return serve(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

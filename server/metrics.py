@@ -1,0 +1,34 @@
+"""Prometheus metrics of one server instance (own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.sessions_active = Gauge("voxserve_sessions_active", "streams currently open", registry=r)
+        self.sessions_total = Counter("voxserve_sessions_total", "streams opened", ["outcome"], registry=r)
+        self.frames = Counter("voxserve_audio_frames_total", "audio frames received", registry=r)
+        self.bytes_in = Counter("voxserve_bytes_received_total", "bytes of WebSocket messages received", registry=r)
+        self.audio_seconds = Counter("voxserve_audio_seconds_total", "seconds of audio received", registry=r)
+        self.events = Counter("voxserve_events_sent_total", "events sent", ["type"], registry=r)
+        self.events_dropped = Counter("voxserve_events_dropped_total", "stale events dropped for slow readers",
+                                      registry=r)
+        self.errors = Counter("voxserve_errors_total", "errors reported to clients", ["code"], registry=r)
+        self.stage_latency = Histogram("voxserve_stage_latency_seconds", "per-result stage latency (total)",
+                                       ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.stage_queue = Histogram("voxserve_stage_queue_seconds", "per-result time waiting for an engine",
+                                     ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.budget_violations = Counter("voxserve_budget_violations_total", "stage deadlines missed",
+                                         ["stage", "action"], registry=r)
+        self.batch_size = Histogram("voxserve_batch_size", "requests per engine call", ["model"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.engine_seconds = Histogram("voxserve_engine_call_seconds", "engine call time", ["model"],
+                                        buckets=LATENCY_BUCKETS, registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,149 @@
+"""One stream's state: resampler, ring buffer, VAD, per-stream stage states and its outbox.
+
+Data path per audio frame (on the event loop, budget ~0.1 ms for VAD streams):
+``AudioIn`` (input rate, float32) -> :class:`StreamResampler` (16 kHz) -> :class:`RingBuffer`
+-> :class:`VadSegmenter` -> ``vad`` events -> each stage's ``on_audio`` (which may schedule engine
+work on the shared schedulers) -> events queued in the :class:`Outbox`.
+Nothing here touches the socket; the app drains the outbox.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Callable
+
+from .audio import MODEL_RATE, RingBuffer, StreamResampler
+from .metrics import Metrics
+from .outbox import Outbox
+from .protocol.connection import StreamConfig
+from .protocol.messages import AudioIn
+from .stages.base import Stage, StageStream, StreamContext
+from .vad import VadEvent, VadSegmenter
+
+# Event types that may be dropped for a slow reader (stale interim information only).
+DROPPABLE = frozenset({"transcript_interim", "audio", "budget"})
+
+
+def latency(queue_s: float, compute_s: float, total_s: float) -> dict:
+    """The per-result latency breakdown, in milliseconds."""
+    return {"queue_ms": round(queue_s * 1000.0, 3), "compute_ms": round(compute_s * 1000.0, 3),
+            "total_ms": round(total_s * 1000.0, 3)}
+
+
+class Session:
+    """Per-stream state. ``notify`` is called whenever the outbox gains an event."""
+
+    def __init__(self, config: StreamConfig, stages: dict[str, Stage], metrics: Metrics, *, ring_seconds: float,
+                 outbox_soft: int, outbox_hard: int, notify: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.perf_counter, session_id: str | None = None):
+        self.id = session_id or uuid.uuid4().hex
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.outbox = Outbox(outbox_soft, outbox_hard)
+        self._notify = notify
+        self.in_rate = config.audio.sample_rate
+        self.resampler = StreamResampler(self.in_rate, MODEL_RATE)
+        self.ring = RingBuffer(int(ring_seconds * MODEL_RATE))
+        self.vad: VadSegmenter | None = None
+        self.vad_events_on = False
+        if "vad" in config.pipelines:
+            self.vad = VadSegmenter(**config.options["vad"])
+            self.vad_events_on = bool(config.options["vad"].get("events", True))
+        self.segments: list[tuple[int, int | None]] = []   # speech segments, 16 kHz [start, end)
+        ctx = StreamContext(self.id, self.ring, self.emit, self.position, self.in_rate, config.output_sample_rate,
+                            config.pipelines, clock)
+        self.streams: dict[str, StageStream] = {}
+        for name in config.pipelines:
+            if name in stages:
+                self.streams[name] = stages[name].open(ctx, config.options[name])
+        self.created = clock()
+        self.closed = False
+
+    # -- positions -----------------------------------------------------------------------------------
+    def position(self, prefix: str, sample16: int) -> dict:
+        """A 16 kHz position as ms and as an input-rate sample index."""
+        return {f"{prefix}_ms": round(sample16 * 1000.0 / MODEL_RATE, 3),
+                f"{prefix}_sample": int(round(sample16 * self.in_rate / MODEL_RATE))}
+
+    # -- events --------------------------------------------------------------------------------------
+    def emit(self, event: dict, droppable: bool | None = None) -> None:
+        """Queue an event for the client; also shown to the other stages of this stream."""
+        if droppable is None:
+            droppable = event.get("type") in DROPPABLE
+        dropped = self.outbox.put(event, droppable)     # may raise SlowConsumer
+        if dropped:
+            self.metrics.events_dropped.inc(dropped)
+        for name, stream in self.streams.items():
+            if event.get("stage") != name:
+                stream.on_event(event)
+        self._notify()
+
+    # -- input ---------------------------------------------------------------------------------------
+    def on_audio(self, audio: AudioIn) -> None:
+        x = self.resampler.process(audio.samples)
+        self._ingest(x, audio.received_at)
+
+    def _ingest(self, x, received_at: float) -> None:
+        t0 = self.clock()
+        self.ring.append(x)
+        vad_events: list[VadEvent] = self.vad.process(x) if self.vad is not None and x.size else []
+        t1 = self.clock()
+        self._emit_vad(vad_events, received_at, t0, t1)
+        for stream in self.streams.values():
+            stream.on_audio(self.ring.end, vad_events)
+
+    def _emit_vad(self, events: list[VadEvent], received_at: float, t0: float, t1: float) -> None:
+        for ev in events:
+            if ev.kind == "speech_start":
+                self.segments.append((ev.start, None))
+            elif self.segments:
+                self.segments[-1] = (ev.start, ev.end)
+            if len(self.segments) > 1000:
+                del self.segments[:-1000]
+            if not self.vad_events_on:
+                continue
+            out = {"type": "vad", "stage": "vad", "event": ev.kind, **self.position("start", ev.start)}
+            if ev.end is not None:
+                out.update(self.position("end", ev.end))
+            out.update(self.position("decided", ev.decided_at))
+            total = self.clock() - received_at
+            out["latency"] = latency(max(0.0, t0 - received_at), t1 - t0, total)
+            self.metrics.stage_latency.labels("vad").observe(total)
+            self.emit(out)
+
+    def on_update(self, options: dict) -> None:
+        if "vad" in options and self.vad is not None:
+            self.vad.configure(**options["vad"])
+            if "events" in options["vad"]:
+                self.vad_events_on = bool(options["vad"]["events"])
+        for name, opts in options.items():
+            if name in self.streams:
+                self.streams[name].on_update(opts)
+
+    async def flush(self) -> None:
+        """Force end of utterance: VAD closes its segment, stages emit their finals."""
+        now = self.clock()
+        if self.vad is not None:
+            self._emit_vad(self.vad.flush(), now, now, now)
+        for stream in self.streams.values():
+            await stream.flush()
+
+    async def finish(self) -> None:
+        """End of stream: drain the resampler tail, close segments, deliver all finals."""
+        now = self.clock()
+        tail = self.resampler.finish()
+        if tail.size:
+            self._ingest(tail, now)
+        if self.vad is not None:
+            self._emit_vad(self.vad.flush(), now, now, now)
+        for stream in self.streams.values():
+            await stream.finish()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for stream in self.streams.values():
+            stream.close()

@@ -1,0 +1,115 @@
+"""Validated server settings. Every field has a CLI flag and a ``VOXSERVE_<FIELD>`` variable.
+
+Precedence: command-line flag > environment variable > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class Settings:
+    host: str = field(default="127.0.0.1", metadata={"doc": "address to bind"})
+    port: int = field(default=8000, metadata={"doc": "TCP port"})
+    pipelines: str = field(default="vad", metadata={"doc": "pipelines to load at start (comma list)"})
+    max_sessions: int = field(default=400, metadata={"doc": "concurrent streams; more are refused with 1013"})
+    max_message_bytes: int = field(default=256 * 1024, metadata={"doc": "largest accepted WebSocket message"})
+    max_frames_per_second: float = field(default=200.0, metadata={"doc": "audio frames/s per stream (flood limit)"})
+    frame_burst: int = field(default=400, metadata={"doc": "audio frames a stream may send in a burst"})
+    idle_timeout_s: float = field(default=30.0, metadata={"doc": "close a stream that sends nothing this long"})
+    max_session_s: float = field(default=4 * 3600.0, metadata={"doc": "longest stream (seconds)"})
+    outbox_soft: int = field(default=256, metadata={"doc": "queued events per stream before stale ones drop"})
+    outbox_hard: int = field(default=1024, metadata={"doc": "queued events per stream before slow_consumer"})
+    ring_seconds: float = field(default=30.0, metadata={"doc": "audio kept per stream (seconds at 16 kHz)"})
+    drain_timeout_s: float = field(default=5.0, metadata={"doc": "time given to streams to finish on shutdown"})
+    wakeword_models: str = field(default="", metadata={"doc": "extra wakeword heads: files or folders, comma list"})
+    engine: str = field(default="auto", metadata={"doc": "engine: auto, onnxruntime-cpu, onnxruntime-cuda, "
+                                                          "onnxruntime-trt, tensorrt, torch"})
+    intra_op_threads: int = field(default=1, metadata={"doc": "ONNX Runtime threads per engine call"})
+    max_batch: int = field(default=32, metadata={"doc": "largest batch per engine call"})
+    max_wait_ms: float = field(default=2.0, metadata={"doc": "time the batcher waits for more requests"})
+    admission: bool = field(default=True, metadata={"doc": "refuse streams when measured capacity is exhausted"})
+    log_level: str = field(default="info", metadata={"doc": "debug, info, warning, error"})
+    log_format: str = field(default="json", metadata={"doc": "json (structured) or text"})
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (0 <= self.port <= 65535):
+            problems.append(f"port {self.port} outside 0..65535")
+        for name in ("max_sessions", "max_message_bytes", "frame_burst", "outbox_soft", "outbox_hard", "max_batch",
+                     "intra_op_threads"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        for name in ("max_frames_per_second", "idle_timeout_s", "max_session_s", "ring_seconds"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0")
+        if self.max_wait_ms < 0 or self.drain_timeout_s < 0:
+            problems.append("max_wait_ms and drain_timeout_s must be >= 0")
+        if self.outbox_hard < self.outbox_soft:
+            problems.append("outbox_hard must be >= outbox_soft")
+        if self.log_format not in ("json", "text"):
+            problems.append("log_format must be json or text")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            problems.append("log_level must be debug, info, warning or error")
+        if self.engine not in ("auto", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt", "torch"):
+            problems.append(f"unknown engine {self.engine!r}")
+        if problems:
+            raise ValueError("invalid settings: " + "; ".join(problems))
+
+    @property
+    def pipeline_list(self) -> list[str]:
+        return [p.strip() for p in self.pipelines.split(",") if p.strip()]
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get("VOXSERVE_" + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        for f in fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            kind = _kind(f)
+            if kind is bool:
+                parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                                    help=f"{f.metadata.get('doc', '')} (env VOXSERVE_{f.name.upper()})")
+            else:
+                parser.add_argument(flag, dest=f.name, default=None, type=kind,
+                                    help=f"{f.metadata.get('doc', '')} [default {f.default}] "
+                                         f"(env VOXSERVE_{f.name.upper()})")
+
+    def describe(self) -> list[dict]:
+        return [{"flag": "--" + f.name.replace("_", "-"), "env": "VOXSERVE_" + f.name.upper(),
+                 "default": f.default, "doc": f.metadata.get("doc", "")} for f in fields(self)]
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _kind(f: dataclasses.Field) -> type:
+    return {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type), str)
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = _kind(f)
+    if kind is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"VOXSERVE_{f.name.upper()}={raw!r} is not a boolean")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"VOXSERVE_{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None

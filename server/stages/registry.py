@@ -1,0 +1,12 @@
+"""Name -> stage factory. Stages import their models lazily so a VAD-only server starts fast."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def create_stage(name: str, settings: Any, metrics: Any):
+    if name == "wakeword":
+        from .wakeword import WakewordStage
+        return WakewordStage(settings, metrics)
+    raise ValueError(f"unknown pipeline {name!r} in settings (known: vad, wakeword)")
