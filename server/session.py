@@ -137,7 +137,7 @@ class Session:
         if tail.size:
             self._ingest(tail, now)
         if self.vad is not None:
-            self._emit_vad(self.vad.flush(), now, now, now)
+            self._emit_vad(self.vad.finish(), now, now, now)
         for stream in self.streams.values():
             await stream.finish()
 

@@ -1,8 +1,14 @@
 """Voice activity detection (webrtcvad) turned into speech segments with absolute positions.
 
-Data path: 16 kHz float32 -> int16 frames of ``frame_ms`` -> webrtcvad decision per frame ->
+Data path: 16 kHz float32 -> anti-aliased 8 kHz (libsoxr) -> int16 frames of ``frame_ms`` -> webrtcvad
+decision per frame ->
 hysteresis (``min_speech_ms`` to open a segment, ``min_silence_ms`` hangover to close it) ->
 :class:`VadEvent`. Positions are 16 kHz sample indices. Cost: ~3 us per 30 ms frame.
+
+Why 8 kHz: webrtcvad analyses only the 0-4 kHz band (it decimates 16 kHz input itself with a cheap
+filter that lets aliases through). Decimating every stream with the same sharp soxr filter first makes
+decisions the same whether the client sent 8, 16, 44.1 or 48 kHz audio. The resampler holds back
+~10-30 ms, which is added to VAD decision latency.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import webrtcvad
 
-from .audio import MODEL_RATE
+from .audio import MODEL_RATE, StreamResampler
 from .protocol.options import Option, PipelineSchema
+
+VAD_RATE = 8000
 
 VAD_SCHEMA = PipelineSchema(
     "vad",
@@ -49,7 +57,9 @@ class VadSegmenter:
     def __init__(self, aggressiveness: int = 2, frame_ms: int = 30, min_speech_ms: int = 90,
                  min_silence_ms: int = 300, **_ignored):
         self._vad = webrtcvad.Vad(aggressiveness)
-        self.frame_len = MODEL_RATE * frame_ms // 1000
+        self._down = StreamResampler(MODEL_RATE, VAD_RATE)
+        self.frame_len = MODEL_RATE * frame_ms // 1000       # in 16 kHz samples
+        self._frame8 = VAD_RATE * frame_ms // 1000           # in 8 kHz samples
         self._pending = np.zeros(0, np.int16)
         self.position = 0                 # 16 kHz samples consumed into whole frames
         self.in_speech = False
@@ -71,15 +81,16 @@ class VadSegmenter:
 
     def process(self, x: np.ndarray) -> list[VadEvent]:
         """Consume 16 kHz float32 samples; return the events they decide."""
-        pcm = np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
+        y = self._down.process(np.asarray(x, dtype=np.float32))
+        pcm = np.clip(np.round(y * 32768.0), -32768, 32767).astype(np.int16)
         if self._pending.size:
             pcm = np.concatenate([self._pending, pcm])
-        n_frames = pcm.shape[0] // self.frame_len
+        fl = self._frame8
+        n_frames = pcm.shape[0] // fl
         events: list[VadEvent] = []
-        fl = self.frame_len
         for i in range(n_frames):
             frame = pcm[i * fl:(i + 1) * fl]
-            speech = self._vad.is_speech(frame.tobytes(), MODEL_RATE)
+            speech = self._vad.is_speech(frame.tobytes(), VAD_RATE)
             ev = self._step(speech)
             if ev is not None:
                 events.append(ev)
@@ -117,6 +128,21 @@ class VadSegmenter:
         self._silence = 0
         self._run_start = None
         return VadEvent("speech_end", self.segment_start, self.last_speech_end, decided_at)
+
+    def finish(self) -> list[VadEvent]:
+        """End of stream: analyse the resampler's held-back tail, then close any open segment."""
+        tail = self._down.finish()
+        events: list[VadEvent] = []
+        if tail.size:
+            pcm = np.clip(np.round(tail * 32768.0), -32768, 32767).astype(np.int16)
+            pcm = np.concatenate([self._pending, pcm])
+            fl = self._frame8
+            for i in range(pcm.shape[0] // fl):
+                ev = self._step(self._vad.is_speech(pcm[i * fl:(i + 1) * fl].tobytes(), VAD_RATE))
+                if ev is not None:
+                    events.append(ev)
+            self._pending = np.zeros(0, np.int16)
+        return events + self.flush()
 
     def flush(self) -> list[VadEvent]:
         """Force the end of the current segment (``flush``/``stop``); partial frames are kept."""

@@ -86,6 +86,7 @@ class ServerConnection:
 
     def _receive(self, payload: bytes | str, now: float) -> list[Event]:
         size = len(payload)
+        self._take_token(now)        # every message counts against the flood limit
         if size > self.limits.max_message_bytes:
             raise ProtocolError(ErrorCode.MESSAGE_TOO_LARGE,
                                 f"message of {size} bytes exceeds the limit of {self.limits.max_message_bytes}")
@@ -177,7 +178,6 @@ class ServerConnection:
             raise ProtocolError(ErrorCode.NOT_STARTED, "send a start message before audio")
         if self.state is ConnectionState.STOPPING:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "audio after stop is ignored", fatal=False)
-        self._take_token(now)
         if seq is not None and seq < self.next_seq:
             self.duplicates += 1     # a replayed frame we already have (resume): idempotent
             return None
@@ -200,7 +200,7 @@ class ServerConnection:
         self._last_refill = now
         if self._tokens < 1.0:
             raise ProtocolError(ErrorCode.RATE_LIMITED,
-                                f"more than {lim.max_frames_per_second:g} audio frames per second "
+                                f"more than {lim.max_frames_per_second:g} messages per second "
                                 f"(burst {lim.frame_burst}); send larger frames or pace the stream")
         self._tokens -= 1.0
 

@@ -1,0 +1,129 @@
+"""Shared fixtures: the ../shared data folder, real speech, and a real ``voxserve serve`` process."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("VOXSERVE_SHARED", REPO.parent / "shared"))
+SPEECH = SHARED / "eval" / "speech"
+
+
+def shared_or_skip(*parts: str) -> Path:
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared data not found at {p} (the ../shared folder beside the checkout)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def speech_manifest() -> list[dict]:
+    path = shared_or_skip("eval", "speech", "manifest.tsv")
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+@pytest.fixture(scope="session")
+def jfk_path() -> Path:
+    return shared_or_skip("eval", "speech", "openai-whisper", "jfk.flac")
+
+
+@pytest.fixture(scope="session")
+def speech16k(jfk_path) -> "np.ndarray":  # noqa: F821
+    """JFK's 11 s speech resampled to 16 kHz float32 (the file is 44.1 kHz)."""
+    import numpy as np
+    import soundfile as sf
+    import soxr
+
+    x, rate = sf.read(str(jfk_path), dtype="float32")
+    if x.ndim == 2:
+        x = x.mean(axis=1)
+    return soxr.resample(x, rate, 16000).astype(np.float32)
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def voxserve_exe() -> list[str]:
+    exe = Path(sys.executable).parent / "voxserve"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("voxserve")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "voxserve.server.cli"]
+
+
+class RunningServer:
+    def __init__(self, port: int, proc: subprocess.Popen, log_path: Path):
+        self.port = port
+        self.proc = proc
+        self.log_path = log_path
+        self.url = f"ws://127.0.0.1:{port}/v1/stream"
+        self.http = f"http://127.0.0.1:{port}"
+
+    def get_json(self, path: str) -> dict:
+        with urllib.request.urlopen(self.http + path, timeout=10) as r:
+            return json.loads(r.read())
+
+    def get_text(self, path: str) -> str:
+        with urllib.request.urlopen(self.http + path, timeout=10) as r:
+            return r.read().decode()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(subprocess.signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_server(tmp_path: Path, *args: str, env: dict | None = None, ready_timeout: float = 120.0) -> RunningServer:
+    port = free_port()
+    log_path = tmp_path / f"server-{port}.log"
+    fh = open(log_path, "w")
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.Popen(voxserve_exe() + ["serve", "--port", str(port), *args], stdout=fh, stderr=subprocess.STDOUT,
+                            env=full_env)
+    srv = RunningServer(port, proc, log_path)
+    deadline = time.time() + ready_timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{srv.log()}")
+        try:
+            if srv.get_json("/readyz").get("status") == "ready":
+                return srv
+        except Exception:
+            time.sleep(0.1)
+    srv.stop()
+    raise RuntimeError(f"server not ready in {ready_timeout}s:\n{srv.log()}")
+
+
+@pytest.fixture(scope="module")
+def vad_server(tmp_path_factory):
+    """A real ``voxserve serve`` (VAD only) shared by a test module."""
+    srv = start_server(tmp_path_factory.mktemp("srv"), "--pipelines", "vad", "--log-format", "text",
+                       "--max-frames-per-second", "400", "--frame-burst", "2000")
+    yield srv
+    srv.stop()
