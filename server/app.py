@@ -22,7 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from . import __version__
 from .admission import Admission
 from .metrics import Metrics
-from .outbox import SlowConsumer
+from .outbox import Outbox
 from .protocol import SUBPROTOCOLS, codec_for_subprotocol
 from .protocol.connection import ConnectionLimits, ServerConnection
 from .protocol.errors import Close, ErrorCode, ProtocolError
@@ -204,18 +204,20 @@ class StreamHandler:
             m.sessions_total.labels("disconnected").inc()
             log.info("stream disconnected", extra=self._log_extra)
             return
-        if self.session is not None:
+        if self.session is not None and not self.session.overflowed:
             try:
                 await asyncio.wait_for(self.session.finish(), timeout=max(1.0, self.server.settings.drain_timeout_s))
             except asyncio.TimeoutError:
                 log.warning("finals not delivered in time", extra=self._log_extra)
-            except SlowConsumer:
-                self._end = ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading its events")
         err = self._end
+        if self.session is not None and self.session.overflowed:
+            # Nothing more can be queued; the error goes first so a client that wakes up sees why.
+            self.session.outbox = Outbox(1, 1)
+            self.session.overflowed = False
         if err is None and self.session is not None:
-            self.session.outbox.put({"type": "stopped", "session_id": self.session.id,
+            self._queue({"type": "stopped", "session_id": self.session.id,
                                      **self.session.position("audio", self.session.ring.end),
-                                     "dropped_events": self.session.outbox.dropped})
+                         "dropped_events": self.session.outbox.dropped})
         elif err is not None:
             m.errors.labels(err.code.value).inc()
             self._queue_error(err)
@@ -259,11 +261,7 @@ class StreamHandler:
                 if isinstance(ev, AudioIn):
                     m.frames.inc()
                     m.audio_seconds.inc(ev.samples.shape[0] / conn.config.audio.sample_rate)
-                    try:
-                        self.session.on_audio(ev)
-                    except SlowConsumer:
-                        self._end = ProtocolError(ErrorCode.SLOW_CONSUMER, "client is not reading its events")
-                        return
+                    self.session.on_audio(ev)
                 elif isinstance(ev, ProtocolError):
                     m.errors.labels(ev.code.value).inc()
                     if ev.fatal:
@@ -294,7 +292,7 @@ class StreamHandler:
             return False
         s = srv.settings
         self.session = Session(cfg, srv.stages, srv.metrics, ring_seconds=s.ring_seconds, outbox_soft=s.outbox_soft,
-                               outbox_hard=s.outbox_hard, notify=self._wake.set)
+                               outbox_hard=s.outbox_hard, notify=self._wake.set, on_overflow=self._overflow)
         self._log_extra = {"session": self.session.id, "client": cfg.client or "", "pipelines": list(cfg.pipelines)}
         srv.metrics.sessions_total.labels("opened").inc()
         log.info("stream started", extra={**self._log_extra, "rate": cfg.audio.sample_rate})
@@ -303,10 +301,13 @@ class StreamHandler:
         return True
 
     # -- writing -------------------------------------------------------------------------------------
+    def _overflow(self) -> None:
+        self.terminate(ProtocolError(ErrorCode.SLOW_CONSUMER,
+                                     f"client is not reading its events ({self.server.settings.outbox_hard} queued)"))
+
     def _queue(self, event: dict) -> None:
         if self.session is not None:
-            self.session.outbox.put(event, False)
-            self._wake.set()
+            self.session.emit(event, False)
         else:
             self._pending_direct.append(event)
             self._wake.set()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+disable_created_metrics()     # the *_created series only add noise to every scrape
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 
@@ -29,6 +31,12 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.engine_seconds = Histogram("voxserve_engine_call_seconds", "engine call time", ["model"],
                                         buckets=LATENCY_BUCKETS, registry=r)
+
+        for stage in ("vad", "wakeword", "asr_partial", "asr_final", "vc"):
+            self.stage_latency.labels(stage)
+            self.stage_queue.labels(stage)
+        for outcome in ("opened", "stopped", "disconnected", "refused"):
+            self.sessions_total.labels(outcome)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

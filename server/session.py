@@ -15,7 +15,7 @@ from typing import Callable
 
 from .audio import MODEL_RATE, RingBuffer, StreamResampler
 from .metrics import Metrics
-from .outbox import Outbox
+from .outbox import Outbox, SlowConsumer
 from .protocol.connection import StreamConfig
 from .protocol.messages import AudioIn
 from .stages.base import Stage, StageStream, StreamContext
@@ -32,10 +32,12 @@ def latency(queue_s: float, compute_s: float, total_s: float) -> dict:
 
 
 class Session:
-    """Per-stream state. ``notify`` is called whenever the outbox gains an event."""
+    """Per-stream state. ``notify`` is called whenever the outbox gains an event; ``on_overflow`` once,
+    when the client reads so slowly that the outbox passes its hard limit (events are then discarded)."""
 
     def __init__(self, config: StreamConfig, stages: dict[str, Stage], metrics: Metrics, *, ring_seconds: float,
                  outbox_soft: int, outbox_hard: int, notify: Callable[[], None] = lambda: None,
+                 on_overflow: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.perf_counter, session_id: str | None = None):
         self.id = session_id or uuid.uuid4().hex
         self.config = config
@@ -43,6 +45,8 @@ class Session:
         self.clock = clock
         self.outbox = Outbox(outbox_soft, outbox_hard)
         self._notify = notify
+        self._on_overflow = on_overflow
+        self.overflowed = False
         self.in_rate = config.audio.sample_rate
         self.resampler = StreamResampler(self.in_rate, MODEL_RATE)
         self.ring = RingBuffer(int(ring_seconds * MODEL_RATE))
@@ -72,7 +76,14 @@ class Session:
         """Queue an event for the client; also shown to the other stages of this stream."""
         if droppable is None:
             droppable = event.get("type") in DROPPABLE
-        dropped = self.outbox.put(event, droppable)     # may raise SlowConsumer
+        if self.overflowed:
+            return
+        try:
+            dropped = self.outbox.put(event, droppable)
+        except SlowConsumer:
+            self.overflowed = True
+            self._on_overflow()
+            return
         if dropped:
             self.metrics.events_dropped.inc(dropped)
         for name, stream in self.streams.items():

@@ -114,3 +114,22 @@ def test_outbox_drops_stale_droppables_never_finals():
         ob.put({"n": 8}, droppable=False)
     assert [ob.pop()["n"] for _ in range(len(ob))] == [2, 4, 5, 6, 7]
     assert ob.dropped == 2
+
+
+def test_halfband_decimator_exact_under_chunking_aligned_and_anti_aliased():
+    from voxserve.server.vad import HalfbandDecimator
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(32000).astype(np.float32)
+
+    def run(sig, chunk):
+        d = HalfbandDecimator()
+        return np.concatenate([d.process(sig[i:i + chunk]) for i in range(0, len(sig), chunk)] + [d.finish()])
+
+    np.testing.assert_array_equal(run(x, 320), run(x, 7))
+    imp = np.zeros(4000, np.float32)
+    imp[1000] = 1.0
+    assert int(np.argmax(run(imp, 160))) == 500                  # output m is aligned with input 2m
+    t = np.arange(16000) / 16000
+    assert np.sqrt(np.mean(run(np.sin(2 * np.pi * 5000 * t).astype(np.float32), 320)[200:-200] ** 2)) < 1e-3
+    assert np.sqrt(np.mean(run(np.sin(2 * np.pi * 1000 * t).astype(np.float32), 320)[200:-200] ** 2)) > 0.7

@@ -1,0 +1,31 @@
+# The two commands (see README):
+#   make serve   -- set up .venv and start the server on its default models
+#   make test    -- set up .venv and run the whole test suite (what CI runs via .ci/run)
+PY ?= python3
+VENV ?= .venv
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: setup setup-dev serve test bench-transport clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(VENV)/bin/python -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+serve: setup
+	$(VENV)/bin/voxserve serve --host $(HOST) --port $(PORT) --log-format text
+
+# pytest exit 5 means "no tests collected": for this project that is always a broken checkout, so fail.
+test: setup
+	@$(VENV)/bin/python -m pytest -q -ra tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as failure"; exit 1; fi; exit $$rc
+
+bench-transport: setup
+	$(VENV)/bin/python bench/transport.py --streams 200 --seconds 30
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

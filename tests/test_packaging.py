@@ -1,0 +1,48 @@
+"""The built wheel installs everything under ``voxserve.*`` and nothing at the top level but ``voxserve``."""
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(REPO)], check=True)
+    [whl] = out.glob("voxserve-*.whl")
+    return whl
+
+
+def test_wheel_contains_every_subpackage_and_no_bare_top_level(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.startswith("voxserve-")}
+    assert tops == {"voxserve"}, tops
+    for pkg in ("server", "server/protocol", "server/stages", "engines", "clients", "models"):
+        assert f"voxserve/{pkg}/__init__.py" in names, pkg
+    assert not any(n.startswith(("voxserve/tests", "voxserve/bench")) for n in names)
+    entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "voxserve = voxserve.server.cli:main" in entry and "voxserve-client = voxserve.clients.cli:main" in entry
+
+
+def test_code_imports_voxserve_namespace_never_bare_packages():
+    bare = {"server", "models", "engines", "clients"}
+    offenders = []
+    for folder in ("tests", "bench", "server", "engines", "clients", "models"):
+        for path in (REPO / folder).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    mods = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    mods = [node.module]
+                else:
+                    continue
+                offenders += [f"{path.relative_to(REPO)}: {m}" for m in mods if m.split(".")[0] in bare]
+    assert not offenders, offenders
