@@ -62,6 +62,7 @@ class Session:
         for name in config.pipelines:
             if name in stages:
                 self.streams[name] = stages[name].open(ctx, config.options[name])
+        self.received = 0          # input-rate samples received
         self.created = clock()
         self.closed = False
 
@@ -92,7 +93,12 @@ class Session:
         self._notify()
 
     # -- input ---------------------------------------------------------------------------------------
+    def stream_position(self) -> dict:
+        """How much audio had been received when an event was produced (input-rate samples and ms)."""
+        return {"stream_ms": round(self.received * 1000.0 / self.in_rate, 3), "stream_sample": self.received}
+
     def on_audio(self, audio: AudioIn) -> None:
+        self.received = audio.start + audio.samples.shape[0]
         x = self.resampler.process(audio.samples)
         self._ingest(x, audio.received_at)
 
@@ -119,6 +125,7 @@ class Session:
             if ev.end is not None:
                 out.update(self.position("end", ev.end))
             out.update(self.position("decided", ev.decided_at))
+            out.update(self.stream_position())
             total = self.clock() - received_at
             out["latency"] = latency(max(0.0, t0 - received_at), t1 - t0, total)
             self.metrics.stage_latency.labels("vad").observe(total)

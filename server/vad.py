@@ -50,9 +50,11 @@ class HalfbandDecimator:
         m_hi = (end - 1 - self.delay) // 2              # last output whose window is complete
         out = np.zeros(0, np.float32)
         if m_hi >= self._next_out:
-            starts = 2 * np.arange(self._next_out, m_hi + 1) - self.delay - self._buf_start
-            windows = np.lib.stride_tricks.sliding_window_view(buf, self.TAPS)
-            out = np.einsum("ij,j->i", windows[starts], self.h).astype(np.float32)   # row-wise: chunking-exact
+            # 'valid' output j is the window starting at input _buf_start + j, centred at + delay.
+            # np.convolve computes each output independently, so results do not depend on chunking.
+            j0 = 2 * self._next_out - self.delay - self._buf_start
+            j1 = 2 * m_hi - self.delay - self._buf_start
+            out = np.convolve(buf[j0:j1 + self.TAPS], self.h, "valid")[::2]    # h is symmetric
             self._next_out = m_hi + 1
         keep = 2 * self._next_out - self.delay          # oldest input a future output needs
         self._buf = buf[keep - self._buf_start:].copy()
