@@ -11,7 +11,9 @@ PORT ?= 8000
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
-	$(VENV)/bin/python -m pip install -q -e '.[dev,bench]'
+	# torch only for export/reference tests; 2.13.0 is the CPU wheel these machines carry (no CUDA download)
+	$(VENV)/bin/python -m pip install -q torch==2.13.0 || echo "torch 2.13.0 not available: torch tests will skip"
+	$(VENV)/bin/python -m pip install -q -e '.[dev,bench,export]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -63,6 +63,11 @@ class VoxClient:
                 self.config = ev["config"]
                 return ev
             if ev.get("type") == "error":
+                if ev.get("fatal"):
+                    try:                      # the close frame follows a fatal error: report its code
+                        await asyncio.wait_for(self.ws.wait_closed(), 5.0)
+                    except asyncio.TimeoutError:
+                        pass
                 raise VoxError(ev, self.ws.close_code)
 
     async def send_audio(self, pcm: bytes, *, raw: bool = False) -> None:

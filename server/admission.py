@@ -1,10 +1,16 @@
 """Admission control from measured capacity.
 
-Each stream costs CPU in proportion to the audio it sends and the pipelines it runs. The server
-measures that cost (seconds of work per second of audio, per pipeline) from the work it actually
-did, and refuses a new stream (``server_busy``, close 1013) when its estimated cost would push the
-total above ``capacity`` (usable cores x target utilisation). Until enough has been measured, the
-static ``max_sessions`` limit alone applies.
+Two measurements, both taken from the work the server actually did:
+- per engine scheduler, its **utilisation**: the fraction of the last 2 s its executor thread spent in
+  engine calls;
+- per pipeline, the **marginal cost of one real-time stream**: engine seconds per second of audio,
+  where a batch's time is shared among its requests by weight (an 80 ms wakeword step weighs 1).
+
+A new stream is refused (``server_busy``, close 1013) when, for any pipeline it asks for, the
+utilisation of that pipeline's busiest scheduler plus the stream's marginal cost would exceed the
+target utilisation (0.8 of one executor thread), i.e. when admitting it would push an engine past the
+point where queues, and so budgets, stop being stable. A pipeline is judged only after 20
+measurements; until then only the static ``max_sessions`` limit applies to it.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ from typing import Any
 from .protocol.errors import ErrorCode, ProtocolError
 
 TARGET_UTILISATION = 0.8
+MIN_SAMPLES = 20
 
 
 class CostModel:
-    """EWMA of work seconds per audio second for one pipeline."""
+    """EWMA of engine seconds per audio second for one pipeline."""
 
     def __init__(self, alpha: float = 0.05):
         self.alpha = alpha
@@ -38,9 +45,12 @@ class Admission:
         self.settings = settings
         self.metrics = metrics
         self.cores = cores if cores is not None else float(len(os.sched_getaffinity(0)))
-        self.capacity = self.cores * TARGET_UTILISATION
         self.costs: dict[str, CostModel] = {}
+        self.schedulers: dict[str, list] = {}          # pipeline -> its BatchSchedulers
         self.streams: dict[object, tuple[str, ...]] = {}
+
+    def register(self, pipeline: str, schedulers: list) -> None:
+        self.schedulers[pipeline] = list(schedulers)
 
     def cost_model(self, pipeline: str) -> CostModel:
         model = self.costs.get(pipeline)
@@ -48,32 +58,27 @@ class Admission:
             model = self.costs[pipeline] = CostModel()
         return model
 
-    def stream_cost(self, pipelines: tuple[str, ...]) -> float | None:
-        """Estimated cores one real-time stream of these pipelines uses, or None if not yet measured."""
-        total = 0.0
-        for p in pipelines:
-            m = self.costs.get(p)
-            if m is None or m.samples < 20:
-                if p == "vad":
-                    continue          # VAD cost is negligible next to the transport
-                return None
-            total += m.value or 0.0
-        return total
+    def marginal(self, pipeline: str) -> float | None:
+        m = self.costs.get(pipeline)
+        if m is None or m.samples < MIN_SAMPLES:
+            return None
+        return m.value
 
-    def load(self) -> float:
-        total = 0.0
-        for pipes in self.streams.values():
-            c = self.stream_cost(pipes)
-            total += c or 0.0
-        return total
+    def utilisation(self, pipeline: str) -> float:
+        return max((s.utilisation() for s in self.schedulers.get(pipeline, [])), default=0.0)
 
     def admit(self, handler: object, config: Any) -> ProtocolError | None:
         if self.settings.admission:
-            cost = self.stream_cost(config.pipelines)
-            if cost is not None and cost > 0 and self.load() + cost > self.capacity:
-                return ProtocolError(ErrorCode.SERVER_BUSY,
-                                     f"measured capacity exhausted: load {self.load():.2f} of {self.capacity:.2f} "
-                                     f"cores; this stream needs ~{cost:.3f}. Retry later")
+            for p in config.pipelines:
+                cost = self.marginal(p)
+                if cost is None:
+                    continue
+                util = self.utilisation(p)
+                if util + cost > TARGET_UTILISATION:
+                    return ProtocolError(
+                        ErrorCode.SERVER_BUSY,
+                        f"measured capacity exhausted for {p}: engine utilisation {util:.2f}, one more stream "
+                        f"adds ~{cost:.2f}, limit {TARGET_UTILISATION}. Retry later or on another server")
         self.streams[handler] = tuple(config.pipelines)
         return None
 
@@ -81,8 +86,14 @@ class Admission:
         self.streams.pop(handler, None)
 
     def report(self, open_streams: int) -> dict:
-        load = self.load()
-        per_pipeline = {p: round(m.value, 5) for p, m in self.costs.items() if m.value is not None}
-        out: dict[str, Any] = {"streams": open_streams, "cores": self.cores, "capacity_cores": self.capacity,
-                               "load_cores": round(load, 4), "cost_per_stream_cores": per_pipeline}
+        out: dict[str, Any] = {"streams": open_streams, "cores": self.cores, "admission": bool(self.settings.admission),
+                               "target_utilisation": TARGET_UTILISATION, "pipelines": {}}
+        for p in sorted(set(self.costs) | set(self.schedulers)):
+            util = self.utilisation(p)
+            cost = self.marginal(p)
+            entry: dict[str, Any] = {"utilisation": round(util, 3),
+                                     "cost_per_stream": None if cost is None else round(cost, 4)}
+            if cost:
+                entry["remaining_streams_estimate"] = max(0, int((TARGET_UTILISATION - util) / cost))
+            out["pipelines"][p] = entry
         return out

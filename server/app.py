@@ -43,10 +43,13 @@ class VoxServer:
     def __init__(self, settings: Settings, stages: dict[str, Stage] | None = None):
         self.settings = settings
         self.metrics = Metrics()
-        self.stages: dict[str, Stage] = stages if stages is not None else build_stages(settings, self.metrics)
-        self.schemas = {"vad": VAD_SCHEMA, **{name: st.schema for name, st in self.stages.items()}}
-        self.handlers: set[StreamHandler] = set()
         self.admission = Admission(settings, self.metrics)
+        self.stages: dict[str, Stage] = stages if stages is not None else build_stages(settings, self.metrics,
+                                                                                        self.admission)
+        self.schemas = {"vad": VAD_SCHEMA, **{name: st.schema for name, st in self.stages.items()}}
+        for name, st in self.stages.items():
+            self.admission.register(name, list(getattr(st, "schedulers", {}).values()))
+        self.handlers: set[StreamHandler] = set()
         self.ready = False
         self.draining = False
         self.started_at = time.time()
@@ -111,7 +114,7 @@ class VoxServer:
         }
 
 
-def build_stages(settings: Settings, metrics: Metrics) -> dict[str, Stage]:
+def build_stages(settings: Settings, metrics: Metrics, admission: Admission | None = None) -> dict[str, Stage]:
     """Instantiate the model stages named in ``settings.pipelines`` (``vad`` is built in)."""
     from .stages.registry import create_stage
 
@@ -119,7 +122,7 @@ def build_stages(settings: Settings, metrics: Metrics) -> dict[str, Stage]:
     for name in settings.pipeline_list:
         if name == "vad":
             continue
-        stages[name] = create_stage(name, settings, metrics)
+        stages[name] = create_stage(name, settings, metrics, admission)
     return stages
 
 

@@ -33,6 +33,8 @@ class Settings:
     intra_op_threads: int = field(default=1, metadata={"doc": "ONNX Runtime threads per engine call"})
     max_batch: int = field(default=32, metadata={"doc": "largest batch per engine call"})
     max_wait_ms: float = field(default=2.0, metadata={"doc": "time the batcher waits for more requests"})
+    engine_delay_ms: float = field(default=0.0, metadata={"doc": "testing aid: add this much time to every "
+                                                                 "engine batch (simulates an overloaded engine)"})
     admission: bool = field(default=True, metadata={"doc": "refuse streams when measured capacity is exhausted"})
     log_level: str = field(default="info", metadata={"doc": "debug, info, warning, error"})
     log_format: str = field(default="json", metadata={"doc": "json (structured) or text"})
@@ -60,6 +62,10 @@ class Settings:
             problems.append(f"unknown engine {self.engine!r}")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
+
+    @property
+    def engine_delay_s(self) -> float:
+        return self.engine_delay_ms / 1000.0
 
     @property
     def pipeline_list(self) -> list[str]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def create_stage(name: str, settings: Any, metrics: Any):
+def create_stage(name: str, settings: Any, metrics: Any, admission: Any = None):
     if name == "wakeword":
         from .wakeword import WakewordStage
-        return WakewordStage(settings, metrics)
+        return WakewordStage(settings, metrics, admission)
     raise ValueError(f"unknown pipeline {name!r} in settings (known: vad, wakeword)")

@@ -30,15 +30,15 @@ def resampled_source(path, rate: int) -> PcmSource:
 class Neighbour:
     """A well-behaved stream running in a thread while a test misbehaves next to it."""
 
-    def __init__(self, url: str, source: PcmSource, speed: float = 1.0):
+    def __init__(self, url: str, source: PcmSource, speed: float = 1.0, **kw):
         self.result: StreamResult | None = None
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(url, source, speed), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(url, source, speed, kw), daemon=True)
         self._thread.start()
 
-    def _run(self, url, source, speed):
+    def _run(self, url, source, speed, kw):
         try:
-            self.result = stream(url, source, speed=speed, frame_ms=20)
+            self.result = stream(url, source, speed=speed, frame_ms=20, **kw)
         except BaseException as exc:  # reported by join()
             self.error = exc
 

@@ -1,0 +1,111 @@
+"""The engine interface shared by every inference back end.
+
+An engine wraps one model graph. Obligations:
+- synchronous and thread-confined: call ``infer`` from one thread at a time (the scheduler's
+  executor); it knows nothing of WebSockets, sessions or asyncio;
+- inputs and outputs are numpy arrays keyed by name, batch dimension first, dynamic in size
+  (``TensorSpec.shape[0] is None``) unless ``max_batch`` says otherwise;
+- optional per-stream state: ``state_map`` names state inputs and the outputs that carry their next
+  value; :func:`stack_states` / :func:`unstack_states` batch and split them;
+- ``warmup`` runs representative shapes once so the first real call is not slow; ``close`` frees.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+class EngineError(RuntimeError):
+    """An engine could not be created or a call failed; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | None, ...]        # None = dynamic (the first axis is the batch)
+    dtype: np.dtype = field(default=np.dtype(np.float32))
+
+    def example(self, batch: int, fill: int = 1) -> np.ndarray:
+        dims = [batch if i == 0 else (d if d is not None else fill) for i, d in enumerate(self.shape)]
+        return np.zeros(dims, dtype=self.dtype)
+
+
+class Engine(abc.ABC):
+    kind: str = "abstract"
+
+    def __init__(self) -> None:
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+        self.max_batch: int | None = None
+        self.state_map: dict[str, str] = {}      # state input name -> output name with its next value
+        self.description = ""
+
+    @abc.abstractmethod
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batched call. Every output has the batch size of the inputs as its first axis."""
+
+    def warmup(self, batch_sizes: Sequence[int] = (1,), fill: int = 1) -> None:
+        for b in batch_sizes:
+            if self.max_batch is not None and b > self.max_batch:
+                continue
+            self.infer({s.name: s.example(b, fill) for s in self.inputs})
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"engine": self.kind, "detail": self.description, "max_batch": self.max_batch,
+                "inputs": [(s.name, list(s.shape), str(s.dtype)) for s in self.inputs],
+                "outputs": [(s.name, list(s.shape), str(s.dtype)) for s in self.outputs]}
+
+
+def stack_states(states: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-stream state maps (no batch axis) -> one batched map."""
+    if not states:
+        return {}
+    return {k: np.stack([s[k] for s in states]) for k in states[0]}
+
+
+def unstack_states(batched: Mapping[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
+    """Inverse of :func:`stack_states`: copies, so a stream never aliases another's memory."""
+    return [{k: np.array(v[i], copy=True) for k, v in batched.items()} for i in range(n)]
+
+
+def run_items(engine: Engine, items: Sequence[Mapping[str, np.ndarray]]) -> list:
+    """Run per-stream inputs (no batch axis) as one batched call; return per-item output maps.
+
+    Items whose arrays do not match the engine's input specs (missing name, wrong shape or dtype
+    kind, non-finite floats) get an :class:`EngineError` in their slot and are left out of the
+    call, so one bad stream never corrupts or fails the others.
+    """
+    results: list = [None] * len(items)
+    good: list[int] = []
+    for i, item in enumerate(items):
+        problem = _check_item(engine, item)
+        if problem:
+            results[i] = EngineError(problem)
+        else:
+            good.append(i)
+    if good:
+        feeds = {s.name: np.stack([np.asarray(items[i][s.name], dtype=s.dtype) for i in good]) for s in engine.inputs}
+        outs = engine.infer(feeds)
+        for j, i in enumerate(good):
+            results[i] = {k: v[j] for k, v in outs.items()}
+    return results
+
+
+def _check_item(engine: Engine, item: Mapping[str, np.ndarray]) -> str | None:
+    for s in engine.inputs:
+        if s.name not in item:
+            return f"input {s.name!r} missing"
+        x = np.asarray(item[s.name])
+        want = s.shape[1:]
+        if x.ndim != len(want) or any(w is not None and w != d for w, d in zip(want, x.shape)):
+            return f"input {s.name!r} has shape {list(x.shape)}, expected {list(want)} (None = any)"
+        if np.issubdtype(s.dtype, np.floating) and not np.isfinite(x).all():
+            return f"input {s.name!r} contains NaN or infinity"
+    return None

@@ -1,0 +1,45 @@
+"""Engine selection. ``auto`` tries TensorRT, then ONNX Runtime CUDA, then ONNX Runtime CPU, and
+logs what it picked and why each better option was not used."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .base import Engine, EngineError
+
+log = logging.getLogger("voxserve.engines")
+
+AUTO_ORDER = ("tensorrt", "onnxruntime-trt", "onnxruntime-cuda", "onnxruntime-cpu")
+
+
+def create_engine(onnx_path: str | Path, kind: str = "auto", *, intra_op_threads: int = 1, max_batch: int = 32,
+                  fp16: bool = True, cache_dir: str | Path | None = None, name: str | None = None) -> Engine:
+    """An engine for ``onnx_path``. Explicit kinds fail with an actionable :class:`EngineError`."""
+    name = name or Path(onnx_path).stem
+    if kind == "auto":
+        reasons = []
+        for candidate in AUTO_ORDER:
+            try:
+                engine = create_engine(onnx_path, candidate, intra_op_threads=intra_op_threads, max_batch=max_batch,
+                                       fp16=fp16, cache_dir=cache_dir, name=name)
+            except EngineError as exc:
+                reasons.append(f"{candidate}: {exc}")
+                continue
+            log.info("engine selected", extra={"model": name, "engine": candidate,
+                                               "skipped": reasons or None})
+            return engine
+        raise EngineError("no engine could load " + name + ": " + " | ".join(reasons))
+    if kind == "tensorrt":
+        if str(onnx_path).endswith(".ort"):
+            raise EngineError("tensorrt needs a standard .onnx graph, not an ONNX Runtime .ort file")
+        from .tensorrt_engine import TensorRTEngine
+        return TensorRTEngine(onnx_path, max_batch=max_batch, fp16=fp16, cache_dir=cache_dir, name=name)
+    if kind.startswith("onnxruntime-"):
+        from .onnxrt import OrtEngine
+        if kind != "onnxruntime-cpu" and str(onnx_path).endswith(".ort"):
+            raise EngineError(f"{kind} needs a standard .onnx graph, not an ONNX Runtime .ort file")
+        return OrtEngine(onnx_path, kind, intra_op_threads=intra_op_threads, cache_dir=cache_dir, fp16=fp16, name=name)
+    if kind == "torch":
+        raise EngineError("the torch engine runs torch modules (models written in torch), not ONNX files")
+    raise EngineError(f"unknown engine {kind!r}; use auto, {', '.join(AUTO_ORDER)} or torch")

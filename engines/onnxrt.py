@@ -1,0 +1,82 @@
+"""ONNX Runtime engines: CPU (default everywhere), CUDA and TensorRT execution providers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .base import Engine, EngineError, TensorSpec
+
+log = logging.getLogger("voxserve.engines")
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+              "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}
+
+PROVIDERS = {
+    "onnxruntime-cpu": "CPUExecutionProvider",
+    "onnxruntime-cuda": "CUDAExecutionProvider",
+    "onnxruntime-trt": "TensorrtExecutionProvider",
+}
+
+
+def _spec(arg) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
+    return TensorSpec(arg.name, shape, np.dtype(_ORT_TYPES.get(arg.type, np.float32)))
+
+
+class OrtEngine(Engine):
+    """One ``onnxruntime.InferenceSession``. ``kind`` picks the provider; CUDA/TensorRT sessions keep
+    the CPU provider as a fallback for unsupported nodes. The TensorRT provider caches its built
+    engines and timing data under ``cache_dir``."""
+
+    def __init__(self, model: str | Path | bytes, kind: str = "onnxruntime-cpu", *, intra_op_threads: int = 1,
+                 cache_dir: str | Path | None = None, fp16: bool = True, name: str | None = None):
+        super().__init__()
+        import onnxruntime as ort
+
+        if kind not in PROVIDERS:
+            raise EngineError(f"unknown ONNX Runtime engine {kind!r}; use one of {sorted(PROVIDERS)}")
+        available = ort.get_available_providers()
+        wanted = PROVIDERS[kind]
+        if wanted not in available:
+            raise EngineError(
+                f"{kind}: ONNX Runtime here has {available}, not {wanted}. Install the GPU build "
+                f"(pip install 'voxserve[gpu]', which replaces onnxruntime with onnxruntime-gpu) on a machine "
+                f"with an NVIDIA driver, or run with --engine onnxruntime-cpu.")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = intra_op_threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        providers: list = []
+        if kind == "onnxruntime-trt":
+            cache = Path(cache_dir or Path.home() / ".cache" / "voxserve" / "ort-trt")
+            cache.mkdir(parents=True, exist_ok=True)
+            providers.append(("TensorrtExecutionProvider", {
+                "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
+                "trt_fp16_enable": fp16}))
+        if kind in ("onnxruntime-trt", "onnxruntime-cuda"):
+            providers.append("CUDAExecutionProvider")
+        providers.append("CPUExecutionProvider")
+        src = model if isinstance(model, bytes) else str(model)
+        try:
+            self.session = ort.InferenceSession(src, so, providers=providers)
+        except Exception as exc:
+            raise EngineError(f"{kind}: cannot load {name or model!s:.200}: {exc}") from exc
+        self.kind = kind
+        self.name = name or (Path(model).stem if not isinstance(model, bytes) else "model")
+        self.inputs = [_spec(a) for a in self.session.get_inputs()]
+        self.outputs = [_spec(a) for a in self.session.get_outputs()]
+        first = self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else None
+        self.max_batch = first if isinstance(first, int) else None
+        self._out_names = [o.name for o in self.outputs]
+        self.description = f"{self.name} via {self.session.get_providers()[0]}"
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self.session.run(self._out_names, dict(feeds))
+        return dict(zip(self._out_names, outs))

@@ -1,0 +1,231 @@
+"""Cross-stream dynamic batching with deadlines: one :class:`BatchScheduler` per model.
+
+Data path: stage streams ``submit(payload, deadline, policy)`` -> a deadline-ordered heap ->
+the scheduler task blocks for the first request, gathers for at most ``max_wait_s`` (or until
+``max_batch`` are waiting), takes the earliest deadlines first -> ``run_batch(payloads)`` in a
+dedicated executor thread (never on the event loop; at most ``max_inflight`` batches at once) ->
+each request's future gets an :class:`Outcome` with its queue and compute times.
+
+Policies when a deadline cannot be met (checked when a batch is formed, using the measured batch
+time): ``run_late`` runs it anyway and marks it late (finals are never dropped); ``skip`` resolves it
+as skipped without running (the stage then does its fallback: drop a stale partial, pass audio
+through unconverted). Failures: if ``run_batch`` raises, every request of that batch fails with
+:class:`StageFailed` (nobody hangs); if it returns an ``Exception`` in one slot, only that request fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger("voxserve.scheduler")
+
+RUN_LATE = "run_late"
+SKIP = "skip"
+
+
+class StageFailed(RuntimeError):
+    """The engine call for this request failed."""
+
+
+@dataclass
+class Outcome:
+    value: Any
+    queue_s: float            # submit -> batch start
+    compute_s: float          # the batch's engine time
+    batch_size: int
+    late: bool = False        # finished after its deadline
+    skipped: bool = False     # dropped by the skip policy (value is None)
+    share: float = 0.0        # this request's weight / the batch's total weight
+
+
+@dataclass(order=True)
+class _Request:
+    deadline: float
+    seq: int
+    payload: Any = field(compare=False)
+    policy: str = field(compare=False)
+    weight: float = field(compare=False)
+    enqueued: float = field(compare=False)
+    future: asyncio.Future = field(compare=False)
+
+
+class BatchScheduler:
+    def __init__(self, name: str, run_batch: Callable[[list[Any]], Sequence[Any]], *, max_batch: int = 32,
+                 max_wait_s: float = 0.002, max_inflight: int = 1, metrics: Any = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        if max_batch < 1 or max_inflight < 1 or max_wait_s < 0:
+            raise ValueError("max_batch and max_inflight must be >= 1, max_wait_s >= 0")
+        self.name = name
+        self.run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_inflight = max_inflight
+        self.metrics = metrics
+        self.clock = clock
+        self._heap: list[_Request] = []
+        self._seq = itertools.count()
+        self._executor = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix=f"engine-{name}")
+        self._task: asyncio.Task | None = None
+        self._wake: asyncio.Future | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._inflight: set[asyncio.Task] = set()
+        self._busy: deque[tuple[float, float]] = deque()  # (end time, seconds busy) of recent batches
+        self.batch_time_ewma: float | None = None      # seconds per batch call
+        self.item_time_ewma: float | None = None       # seconds per item (batch time / size)
+        self.batches = 0
+        self.items = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._slots = asyncio.Semaphore(self.max_inflight)
+            self._task = asyncio.create_task(self._loop(), name=f"scheduler-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        for req in self._heap:
+            if not req.future.done():
+                req.future.set_exception(StageFailed(f"{self.name}: scheduler stopped"))
+        self._heap.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- submission ----------------------------------------------------------------------------------
+    def submit(self, payload: Any, *, deadline: float, policy: str = RUN_LATE, weight: float = 1.0) -> asyncio.Future:
+        """Queue one request; the returned future resolves to an :class:`Outcome`. ``weight`` is the
+        request's share of work relative to others (e.g. the number of wakeword steps it carries)."""
+        if self._task is None:
+            self.start()
+        fut = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._heap, _Request(deadline, next(self._seq), payload, policy, weight, self.clock(), fut))
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+        return fut
+
+    @property
+    def pending(self) -> int:
+        return len(self._heap)
+
+    def expected_batch_s(self) -> float:
+        return self.batch_time_ewma or 0.0
+
+    # -- the loop ------------------------------------------------------------------------------------
+    async def _wait(self, timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._wake = loop.create_future()
+        handle = loop.call_later(timeout, _resolve, self._wake) if timeout is not None else None
+        try:
+            await self._wake
+        finally:
+            if handle:
+                handle.cancel()
+            self._wake = None
+
+    async def _loop(self) -> None:
+        assert self._slots is not None
+        while True:
+            while not self._heap:
+                await self._wait(None)                   # block for the first request
+            await self._slots.acquire()
+            first = min(r.enqueued for r in self._heap)
+            while len(self._heap) < self.max_batch:     # gather for at most max_wait
+                remaining = first + self.max_wait_s - self.clock()
+                if remaining <= 0:
+                    break
+                await self._wait(remaining)
+            batch = self._take()
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._run(batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    def _take(self) -> list[_Request]:
+        now = self.clock()
+        est = self.expected_batch_s()
+        batch: list[_Request] = []
+        while self._heap and len(batch) < self.max_batch:
+            req = heapq.heappop(self._heap)
+            if req.future.done():                        # cancelled by its stream
+                continue
+            if req.policy == SKIP and now + est > req.deadline:
+                req.future.set_result(Outcome(None, now - req.enqueued, 0.0, 0, late=True, skipped=True))
+                continue
+            batch.append(req)
+        return batch
+
+    async def _run(self, batch: list[_Request]) -> None:
+        loop = asyncio.get_running_loop()
+        start = self.clock()
+        payloads = [r.payload for r in batch]
+        try:
+            results, compute = await loop.run_in_executor(self._executor, _timed, self.run_batch, payloads)
+            if len(results) != len(batch):
+                raise StageFailed(f"{self.name}: run_batch returned {len(results)} results for {len(batch)} inputs")
+        except Exception as exc:
+            log.error("batch failed", extra={"model": self.name, "size": len(batch), "error": repr(exc)})
+            err = exc if isinstance(exc, StageFailed) else StageFailed(f"{self.name}: {exc!r}")
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(err)
+            return
+        finally:
+            assert self._slots is not None
+            self._slots.release()
+        self._observe(len(batch), compute)
+        end = self.clock()
+        self._busy.append((end, compute))
+        total_weight = sum(r.weight for r in batch) or 1.0
+        for r, res in zip(batch, results):
+            if r.future.done():
+                continue
+            if isinstance(res, Exception):
+                r.future.set_exception(res if isinstance(res, StageFailed) else StageFailed(repr(res)))
+            else:
+                r.future.set_result(Outcome(res, start - r.enqueued, compute, len(batch), late=end > r.deadline,
+                                            share=r.weight / total_weight))
+
+    def utilisation(self, window_s: float = 2.0) -> float:
+        """Fraction of the last ``window_s`` seconds the executor spent in engine calls (per thread)."""
+        now = self.clock()
+        while self._busy and self._busy[0][0] < now - window_s:
+            self._busy.popleft()
+        return min(1.0, sum(b for _, b in self._busy) / (window_s * self.max_inflight))
+
+    def _observe(self, size: int, compute: float) -> None:
+        a = 0.1
+        self.batch_time_ewma = compute if self.batch_time_ewma is None else (1 - a) * self.batch_time_ewma + a * compute
+        per = compute / size
+        self.item_time_ewma = per if self.item_time_ewma is None else (1 - a) * self.item_time_ewma + a * per
+        self.batches += 1
+        self.items += size
+        if self.metrics is not None:
+            self.metrics.batch_size.labels(self.name).observe(size)
+            self.metrics.engine_seconds.labels(self.name).observe(compute)
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _timed(fn: Callable, payloads: list) -> tuple[Sequence[Any], float]:
+    t0 = time.perf_counter()
+    out = fn(payloads)
+    return out, time.perf_counter() - t0

@@ -1,0 +1,137 @@
+"""Wakeword through a real server with the pretrained heads from ../shared, streamed by the project's client."""
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from voxserve.clients.audiofile import PcmSource, load_audio, pcm_from_array
+from voxserve.clients.client import VoxClient, VoxError
+
+from ..conftest import SHARED, shared_or_skip, start_server
+from .helpers import Neighbour, stream
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ww_server(tmp_path_factory):
+    heads = shared_or_skip("wakeword", "heads")
+    srv = start_server(tmp_path_factory.mktemp("ww"), "--pipelines", "vad,wakeword", "--wakeword-models", str(heads),
+                       "--log-format", "text", "--max-frames-per-second", "1000", "--frame-burst", "5000")
+    yield srv
+    srv.stop()
+
+
+def wake_events(res):
+    return [(e["name"], e["end_ms"], e["score"]) for e in res.of_type("wakeword")]
+
+
+def with_silence(path, before_s=1.0, after_s=1.0):
+    src = load_audio(path)
+    x = np.frombuffer(src.data, "<i2").astype(np.float32) / 32768.0
+    rng = np.random.default_rng(0)
+    pad = lambda s: (rng.standard_normal(int(s * src.sample_rate)) * 3e-4).astype(np.float32)  # noqa: E731
+    return pcm_from_array(np.concatenate([pad(before_s), x, pad(after_s)]), src.sample_rate)
+
+
+def test_positive_detected_negative_not(ww_server):
+    heads = shared_or_skip("wakeword", "heads")
+    pos = stream(ww_server.url, load_audio(heads / "positive.wav"), pipelines=["wakeword"], speed=0, frame_ms=100)
+    neg = stream(ww_server.url, load_audio(heads / "negative.wav"), pipelines=["wakeword"], speed=0, frame_ms=100)
+    got = pos.of_type("wakeword")
+    assert [e["name"] for e in got] == ["hey_livekit"] and got[0]["score"] > 0.9
+    assert got[0]["end_ms"] == 2000.0 and got[0]["start_ms"] < got[0]["end_ms"]
+    assert set(got[0]["latency"]) == {"queue_ms", "compute_ms", "total_ms"}
+    assert not neg.of_type("wakeword")
+
+
+def test_events_do_not_depend_on_frame_size_or_rate(ww_server):
+    heads = shared_or_skip("wakeword", "heads")
+    src = with_silence(heads / "positive.wav")
+    ref = wake_events(stream(ww_server.url, src, pipelines=["wakeword"], speed=0, frame_ms=20))
+    assert [n for n, _, _ in ref] == ["hey_livekit"]
+    for ms in (10, 100, 1000):
+        assert wake_events(stream(ww_server.url, src, pipelines=["wakeword"], speed=0, frame_ms=ms)) == ref, ms
+
+
+def test_vad_gating_gives_identical_events(ww_server, speech_manifest):
+    heads = shared_or_skip("wakeword", "heads")
+    files = [with_silence(heads / "positive.wav", 6.0, 3.0), load_audio(heads / "negative.wav")]
+    files += [load_audio(SHARED / "eval" / "speech" / r["path"]) for r in speech_manifest[:6]]
+    for src in files:
+        on = stream(ww_server.url, src, pipelines=["wakeword"], speed=0, frame_ms=100, options={"wakeword": {"gating": True}})
+        off = stream(ww_server.url, src, pipelines=["wakeword"], speed=0, frame_ms=100,
+                     options={"wakeword": {"gating": False, "threshold": 0.5}})
+        assert wake_events(on) == wake_events(off)
+
+
+def test_unknown_head_name_is_a_typed_error(ww_server):
+    async def go():
+        async with VoxClient.connect(ww_server.url) as c:
+            with pytest.raises(VoxError) as err:
+                await c.start(pipelines=["wakeword"], options={"wakeword": {"models": ["hey_nobody"]}})
+            return err.value.event
+    ev = asyncio.run(go())
+    assert ev["code"] == "bad_value" and "hey_nobody" in ev["message"]
+
+
+def test_info_lists_heads(ww_server):
+    info = ww_server.get_json("/v1/info")
+    assert info["models"]["wakeword"]["hey_livekit"]["embeddings"] == 16
+    assert "hey_livekit" in info["pipelines"]["wakeword"]["options"]["models"]["choices"]
+
+
+def test_overload_admission_refuses_excess_and_keeps_budget(tmp_path):
+    """A slowed engine (60 ms per batch, about 0.75 of the engine thread per stream): the admitted
+    stream keeps its 200 ms budget; once the cost is measured, a second stream is refused with 1013."""
+    heads = shared_or_skip("wakeword", "heads")
+    srv = start_server(tmp_path, "--pipelines", "vad,wakeword", "--wakeword-models", str(heads), "--log-format", "text",
+                       "--engine-delay-ms", "60", "--max-batch", "4")
+    try:
+        src = with_silence(heads / "positive.wav", 1.0, 4.0)
+        first = Neighbour(srv.url, PcmSource(src.data * 2, src.sample_rate, 1, "s16le"), speed=1.0,
+                          pipelines=["wakeword"], options={"wakeword": {"gating": False, "models": ["hey_livekit"]}})
+        deadline = time.time() + 8
+        refused = None
+        while time.time() < deadline and refused is None:
+            time.sleep(0.5)
+            try:
+                res = stream(srv.url, src, pipelines=["wakeword"], speed=0, frame_ms=100)
+            except VoxError as exc:
+                refused = exc
+            else:
+                assert res.close_code == 1000
+        assert refused is not None, srv.get_json("/v1/info")["load"]
+        assert refused.event["code"] == "server_busy" and refused.close_code == 1013
+        assert "capacity" in refused.event["message"]
+        result = first.join()
+        assert result.close_code == 1000
+        assert [e["name"] for e in result.of_type("wakeword")] == ["hey_livekit", "hey_livekit"]
+        lat = [e["latency"]["total_ms"] for e in result.of_type("wakeword")]
+        assert max(lat) < 200, lat
+        info = srv.get_json("/v1/info")["load"]
+        assert info["pipelines"]["wakeword"]["cost_per_stream"] > 0
+    finally:
+        srv.stop()
+
+
+def test_overload_without_admission_reports_budget_events(tmp_path):
+    heads = shared_or_skip("wakeword", "heads")
+    srv = start_server(tmp_path, "--pipelines", "vad,wakeword", "--wakeword-models", str(heads), "--log-format", "text",
+                       "--engine-delay-ms", "250", "--max-batch", "2", "--no-admission")
+    try:
+        src = with_silence(heads / "positive.wav", 1.0, 1.0)
+        ns = [Neighbour(srv.url, src, speed=1.0, pipelines=["wakeword"],
+                        options={"wakeword": {"gating": False, "models": ["hey_livekit"]}})
+              for _ in range(4)]
+        results = [n.join() for n in ns]
+        budgets = [e for r in results for e in r.of_type("budget")]
+        assert budgets and all(e["stage"] == "wakeword" and e["observed_ms"] > e["budget_ms"] for e in budgets)
+        assert {e["action"] for e in budgets} <= {"coalesce", "late"}
+        # nothing is dropped: every stream still gets its wakeword, late
+        assert all([e["name"] for e in r.of_type("wakeword")] == ["hey_livekit"] for r in results)
+        assert "voxserve_budget_violations_total{" in srv.get_text("/metrics")
+    finally:
+        srv.stop()

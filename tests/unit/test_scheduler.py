@@ -1,0 +1,104 @@
+"""The cross-stream batcher with a deterministic fake engine (a test double; real engines are in tests/contract)."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from voxserve.server.scheduler import RUN_LATE, SKIP, BatchScheduler, StageFailed
+
+
+class Recorder:
+    def __init__(self, delay=0.0, fail_batch=False, fail_item=None):
+        self.batches = []
+        self.threads = set()
+        self.delay = delay
+        self.fail_batch = fail_batch
+        self.fail_item = fail_item
+
+    def __call__(self, items):
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(list(items))
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_batch:
+            raise RuntimeError("engine exploded")
+        return [ValueError("bad item") if x == self.fail_item else x * 10 for x in items]
+
+
+async def test_requests_from_many_streams_share_one_call():
+    rec = Recorder()
+    s = BatchScheduler("t", rec, max_batch=8, max_wait_s=0.02)
+    far = time.perf_counter() + 10
+    outs = await asyncio.gather(*[s.submit(i, deadline=far) for i in range(5)])
+    assert [o.value for o in outs] == [0, 10, 20, 30, 40]
+    assert rec.batches == [[0, 1, 2, 3, 4]] and outs[0].batch_size == 5
+    assert all(t.startswith("engine-t") for t in rec.threads)     # never on the event loop thread
+    await s.stop()
+
+
+async def test_max_batch_caps_and_earliest_deadline_first():
+    rec = Recorder(delay=0.01)
+    s = BatchScheduler("t", rec, max_batch=3, max_wait_s=0.02)
+    now = time.perf_counter()
+    futs = [s.submit(i, deadline=now + 10 - i) for i in range(7)]      # later items have earlier deadlines
+    await asyncio.gather(*futs)
+    assert [len(b) for b in rec.batches] == [3, 3, 1]
+    assert rec.batches[0] == [6, 5, 4]
+    await s.stop()
+
+
+async def test_first_request_does_not_wait_longer_than_max_wait():
+    rec = Recorder()
+    s = BatchScheduler("t", rec, max_batch=64, max_wait_s=0.005)
+    t0 = time.perf_counter()
+    out = await s.submit(1, deadline=t0 + 10)
+    assert out.value == 10 and out.queue_s < 0.2
+    await s.stop()
+
+
+async def test_failing_batch_fails_every_waiter_and_nobody_hangs():
+    s = BatchScheduler("t", Recorder(fail_batch=True), max_batch=4, max_wait_s=0.01)
+    futs = [s.submit(i, deadline=time.perf_counter() + 10) for i in range(3)]
+    results = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 5)
+    assert all(isinstance(r, StageFailed) and "exploded" in str(r) for r in results)
+    await s.stop()
+
+
+async def test_failing_item_fails_only_its_stream():
+    s = BatchScheduler("t", Recorder(fail_item=2), max_batch=4, max_wait_s=0.01)
+    futs = [s.submit(i, deadline=time.perf_counter() + 10) for i in range(4)]
+    results = await asyncio.gather(*futs, return_exceptions=True)
+    assert isinstance(results[2], StageFailed)
+    assert [r.value for i, r in enumerate(results) if i != 2] == [0, 10, 30]
+    await s.stop()
+
+
+async def test_overload_sheds_skippable_work_and_runs_finals_late():
+    rec = Recorder(delay=0.05)
+    s = BatchScheduler("t", rec, max_batch=1, max_wait_s=0.0)
+    await s.submit(0, deadline=time.perf_counter() + 10)          # measures the 50 ms batch time
+    now = time.perf_counter()
+    blocker = s.submit(1, deadline=now + 10)
+    partial = s.submit(2, deadline=now + 0.02, policy=SKIP)       # cannot make it: skipped
+    final = s.submit(3, deadline=now + 0.02, policy=RUN_LATE)     # cannot make it: runs late
+    b, p, f = await asyncio.gather(blocker, partial, final)
+    assert p.skipped and p.value is None
+    assert f.value == 30 and f.late and not f.skipped
+    assert 2 not in [x for batch in rec.batches for x in batch]
+    await s.stop()
+
+
+async def test_stop_fails_pending_requests():
+    s = BatchScheduler("t", Recorder(delay=0.2), max_batch=1, max_wait_s=0.0)
+    futs = [s.submit(i, deadline=time.perf_counter() + 10) for i in range(3)]
+    await asyncio.sleep(0.05)
+    await s.stop()
+    results = await asyncio.gather(*futs, return_exceptions=True)
+    assert any(isinstance(r, StageFailed) for r in results)
+
+
+def test_invalid_configuration():
+    with pytest.raises(ValueError):
+        BatchScheduler("t", Recorder(), max_batch=0)

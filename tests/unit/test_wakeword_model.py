@@ -1,0 +1,104 @@
+"""openWakeWord-compatible front end and heads, on the real models."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from voxserve.server.stages.wakeword_model import (
+    MEL_WINDOW, STEP, Head, HeadError, StepRequest, WakewordFrontEnd, frontend_paths,
+)
+
+from ..conftest import shared_or_skip
+
+
+@pytest.fixture(scope="module")
+def heads():
+    base = shared_or_skip("wakeword", "heads")
+    return {n: Head.load(base / f"{n}.onnx") for n in ("hey_livekit", "nihao_livekit")}
+
+
+@pytest.fixture(scope="module")
+def frontend(heads):
+    return WakewordFrontEnd("float", heads)
+
+
+def windows(x, n=None):
+    padded = np.concatenate([np.zeros(MEL_WINDOW, np.float32), x])
+    n = n or len(x) // STEP
+    return np.stack([padded[s * STEP: s * STEP + MEL_WINDOW] for s in range(1, n + 1)])
+
+
+def test_positive_detected_negative_not(frontend):
+    base = shared_or_skip("wakeword", "heads")
+    best = {}
+    for name in ("positive", "negative"):
+        x, rate = sf.read(base / f"{name}.wav", dtype="float32")
+        assert rate == 16000
+        mel, emb = frontend.initial_state()
+        w = windows(x)
+        res = frontend.run_batch([StepRequest(w, mel, emb, ("hey_livekit",), np.ones(len(w), bool))])[0]
+        best[name] = float(res.scores["hey_livekit"][-1])           # step 25: the first fully warmed step
+    assert best["positive"] > 0.9 and best["negative"] < 0.1, best
+
+
+def test_stepwise_equals_multistep_equals_cross_stream_batch(frontend, heads):
+    rng = np.random.default_rng(3)
+    streams = [rng.standard_normal(STEP * 12).astype(np.float32) * a for a in (0.01, 0.3, 0.05)]
+    batched = frontend.run_batch([StepRequest(windows(x), *frontend.initial_state(), tuple(heads), np.ones(12, bool))
+                                  for x in streams])
+    for x, res in zip(streams, batched):
+        mel, emb = frontend.initial_state()
+        scores = []
+        w = windows(x)
+        for s in range(12):
+            r = frontend.run_batch([StepRequest(w[s:s + 1], mel, emb, ("hey_livekit",), np.ones(1, bool))])[0]
+            mel, emb = r.mel_hist, r.emb_hist
+            scores.append(r.scores["hey_livekit"][0])
+        np.testing.assert_allclose(res.scores["hey_livekit"], scores, atol=1e-5)
+        np.testing.assert_allclose(res.emb_hist, emb, atol=1e-4)
+
+
+def test_heads_share_one_front_end_call(frontend, heads, monkeypatch):
+    calls = {"mel": 0, "emb": 0}
+    mel_infer, emb_infer = frontend.mel.infer, frontend.emb.infer
+    monkeypatch.setattr(frontend.mel, "infer", lambda f: (calls.__setitem__("mel", calls["mel"] + 1), mel_infer(f))[1])
+    monkeypatch.setattr(frontend.emb, "infer", lambda f: (calls.__setitem__("emb", calls["emb"] + 1), emb_infer(f))[1])
+    reqs = [StepRequest(windows(np.zeros(STEP * 3, np.float32)), *frontend.initial_state(), tuple(heads),
+                        np.ones(3, bool)) for _ in range(4)]
+    res = frontend.run_batch(reqs)
+    assert calls == {"mel": 1, "emb": 1}                       # 4 streams x 3 steps x 2 heads, one call each
+    assert all(set(r.scores) == set(heads) for r in res)
+
+
+def test_mel_batch_fix_equals_single_calls():
+    import onnxruntime as ort
+
+    from voxserve.engines.graph_fixes import per_item_reduce_max
+
+    mel_path, _ = frontend_paths()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    orig = ort.InferenceSession(str(mel_path), so, providers=["CPUExecutionProvider"])
+    fixed = ort.InferenceSession(per_item_reduce_max(mel_path), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.standard_normal(MEL_WINDOW).astype(np.float32) * a for a in (1e-4, 0.5, 0.02)])
+    single = np.concatenate([orig.run(None, {"input": x[i:i + 1]})[0] for i in range(3)])
+    np.testing.assert_array_equal(fixed.run(None, {"input": x})[0], single)
+    assert np.abs(orig.run(None, {"input": x})[0] - single).max() > 0.1   # the unfixed graph is not batch-safe
+
+
+def test_wrong_shaped_head_rejected_with_clear_error(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", 16, 64])
+    y = helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [64, 1], [0.0] * 64)
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["embeddings"], ["m"], axes=[1], keepdims=0),
+                               helper.make_node("MatMul", ["m", "w"], ["score"])], "bad", [x], [y], [w])
+    path = tmp_path / "bad_head.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    with pytest.raises(HeadError, match=r"\[batch, N, 96\]"):
+        Head.load(path)
+    with pytest.raises(HeadError, match="does not exist"):
+        Head.load(tmp_path / "missing.onnx")
