@@ -16,7 +16,7 @@ from typing import Any
 class Settings:
     host: str = field(default="127.0.0.1", metadata={"doc": "address to bind"})
     port: int = field(default=8000, metadata={"doc": "TCP port"})
-    pipelines: str = field(default="vad", metadata={"doc": "pipelines to load at start (comma list)"})
+    pipelines: str = field(default="vad,wakeword", metadata={"doc": "pipelines to load at start (comma list)"})
     max_sessions: int = field(default=400, metadata={"doc": "concurrent streams; more are refused with 1013"})
     max_message_bytes: int = field(default=256 * 1024, metadata={"doc": "largest accepted WebSocket message"})
     max_frames_per_second: float = field(default=200.0, metadata={"doc": "messages/s per stream, audio or control (flood limit)"})

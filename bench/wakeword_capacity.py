@@ -1,0 +1,121 @@
+"""Wakeword front-end cost per stream per 80 ms step and always-on streams per core.
+
+Measures, on one thread (``intra_op_threads=1``), the time of one batched front-end pass (mel +
+embedding + the heads) for B streams x 1 step, B in 1..64, median of many repeats after warm-up;
+cost per stream-step = time / B; streams per core = 80 ms / cost. Then VAD gating: the fraction of
+steps computed for real speech at a given speech share, measured by running the stage logic on a
+synthetic day of 30 % speech (real recordings separated by silence) and counting computed steps.
+
+    python bench/wakeword_capacity.py --record
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, record  # noqa: E402
+
+
+def frontend_cost(batch_sizes=(1, 2, 4, 8, 16, 32, 64), repeats=60) -> dict:
+    from voxserve.server.stages.wakeword_model import MEL_WINDOW, Head, StepRequest, WakewordFrontEnd
+
+    heads = {}
+    for p in sorted((Path(__file__).resolve().parents[1] / "models" / "wakeword").glob("*.onnx")):
+        heads[p.stem] = Head.load(p)
+    fe = WakewordFrontEnd("oww", {k: h for k, h in heads.items() if h.flavour == "oww"}, "onnxruntime-cpu", 1)
+    rng = np.random.default_rng(0)
+    out = {}
+    for b in batch_sizes:
+        reqs = [StepRequest((rng.standard_normal((1, MEL_WINDOW)) * 0.1).astype(np.float32), *fe.initial_state(),
+                            tuple(fe.heads), np.ones(1, bool)) for _ in range(b)]
+        for _ in range(5):
+            fe.run_batch(reqs)
+        times = []
+        for _ in range(max(5, repeats // max(1, b // 4))):
+            t0 = time.perf_counter()
+            fe.run_batch(reqs)
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        out[b] = {"batch_ms": round(med * 1000, 3), "per_stream_step_ms": round(med / b * 1000, 4),
+                  "streams_per_core": round(0.080 / (med / b), 1)}
+    return {"heads": sorted(fe.heads), "by_batch": out}
+
+
+def gating_share(speech_share: float = 0.3, minutes: float = 10.0) -> dict:
+    """Fraction of 80 ms steps the gated stage computes on audio with ``speech_share`` speech."""
+    import soundfile as sf
+    import soxr
+
+    from voxserve.server.vad import VadSegmenter
+
+    files = sorted((SHARED / "eval" / "speech").rglob("*.wav"))[:40]
+    clips = []
+    for f in files:
+        x, r = sf.read(str(f), dtype="float32", always_2d=True)
+        clips.append(soxr.resample(x.mean(axis=1), r, 16000).astype(np.float32))
+    rng = np.random.default_rng(0)
+    parts, speech_s, total_s = [], 0.0, 0.0
+    while total_s < minutes * 60:
+        c = clips[rng.integers(len(clips))]
+        gap = len(c) * (1 - speech_share) / speech_share * rng.uniform(0.5, 1.5)
+        parts += [c, (rng.standard_normal(int(gap)) * 3e-4).astype(np.float32)]
+        speech_s += len(c) / 16000
+        total_s += (len(c) + int(gap)) / 16000
+    audio = np.concatenate(parts)
+    # Replay the stage's gating rule: active while in speech or within the hangover; 34-step back-fill.
+    vad = VadSegmenter()
+    in_speech, gate_until, computed, n_computed = False, -1, 0, 0
+    step = 1280
+    for i in range(0, len(audio) - step + 1, step):
+        for ev in vad.process(audio[i:i + step]):
+            if ev.kind == "speech_start":
+                in_speech = True
+            else:
+                in_speech = False
+                gate_until = ev.end + 16000
+        ready = (i + step) // step
+        if in_speech or ready * step <= gate_until:
+            first = max(computed + 1, ready - 33)
+            n_computed += ready - first + 1
+            computed = ready
+    steps = len(audio) // step
+    return {"speech_share_nominal": speech_share, "audio_minutes": round(total_s / 60, 1),
+            "steps": steps, "steps_computed": n_computed, "computed_share": round(n_computed / steps, 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--record", action="store_true")
+    args = ap.parse_args()
+    cost = frontend_cost()
+    gate = gating_share()
+    best_b, best = min(cost["by_batch"].items(), key=lambda kv: kv[1]["per_stream_step_ms"])
+    single = cost["by_batch"][1]
+    gated = round(best["streams_per_core"] / gate["computed_share"], 1)
+    res = {"cost": cost, "gating": gate, "best_batch": best_b, "ungated_streams_per_core": best["streams_per_core"],
+           "gated_streams_per_core_at_30pct_speech": gated}
+    print(json.dumps(res, indent=2))
+    if args.record:
+        rows = "\n".join(f"| {b} | {v['batch_ms']} | {v['per_stream_step_ms']} | {v['streams_per_core']} |"
+                         for b, v in cost["by_batch"].items())
+        body = (f"Front end (mel + embedding + heads {cost['heads']}), ONNX Runtime CPU, 1 thread, median:\n\n"
+                f"| streams per batch | batch ms | ms per stream-step (80 ms audio) | always-on streams per core |\n"
+                f"|---|---|---|---|\n{rows}\n\n"
+                f"- batching on CPU: batch 1 costs {single['per_stream_step_ms']} ms per stream-step, the best batch "
+                f"({best_b}) {best['per_stream_step_ms']} ms: x{single['per_stream_step_ms'] / best['per_stream_step_ms']:.2f}\n"
+                f"- VAD gating on {gate['audio_minutes']} min of real speech at {int(gate['speech_share_nominal'] * 100)} % "
+                f"speech: {gate['computed_share'] * 100:.1f} % of steps computed (speech, 1 s hangover, 2.7 s back-fill)\n"
+                f"- streams per core: **{best['streams_per_core']} ungated**, **{gated} gated at 30 % speech**")
+        record("Wakeword capacity", "python bench/wakeword_capacity.py --record", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""``voxserve-wakeword``: train and evaluate wakeword heads on a CPU.
+
+    voxserve-wakeword train "hey jarvis" --out models/wakeword/hey_jarvis.onnx
+    voxserve-wakeword eval models/wakeword/hey_jarvis.onnx --phrase "hey jarvis" --out bench/wakeword
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="voxserve-wakeword", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a head from synthetic speech")
+    t.add_argument("phrase")
+    t.add_argument("--out", required=True, type=Path, help="output .onnx (a .json with metadata is written beside)")
+    t.add_argument("--positives", type=int, default=1600)
+    t.add_argument("--adversarial", type=int, default=1200)
+    t.add_argument("--sentences", type=int, default=500)
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--seed", type=int, default=1234)
+    t.add_argument("--threads", type=int, default=2)
+    e = sub.add_parser("eval", help="FRR / false accepts per hour report with a DET curve")
+    e.add_argument("model", type=Path)
+    e.add_argument("--phrase", required=True)
+    e.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared",
+                   help="folder holding eval/speech and eval/noise (default: ../shared beside the checkout)")
+    e.add_argument("--out", type=Path, default=Path("bench/wakeword"))
+    e.add_argument("--positives", type=int, default=300)
+    e.add_argument("--synthetic-minutes", type=float, default=30.0)
+    args = p.parse_args(argv)
+    from voxserve.server.logs import configure
+
+    configure("info", "text")
+    logging.getLogger("voxserve").setLevel(logging.INFO)
+    if args.command == "train":
+        from .wakeword_train import TrainConfig, train
+
+        cfg = TrainConfig(args.phrase, positives=args.positives, adversarial=args.adversarial,
+                          sentences=args.sentences, epochs=args.epochs, seed=args.seed, threads=args.threads)
+        print(json.dumps(train(cfg, args.out)))
+        return 0
+    from .wakeword_eval import evaluate
+
+    res = evaluate(args.model, args.phrase, args.shared, args.out, positives=args.positives,
+                   synthetic_minutes=args.synthetic_minutes)
+    print((args.out / "wakeword-eval.md").read_text())
+    print(f"report: {args.out / 'wakeword-eval.md'}  DET: {args.out / 'wakeword-det.png'}", file=sys.stderr)
+    return 0 if res else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Evaluate a wakeword head: false rejections on held-out voices, false accepts per hour on negatives.
+
+Positives: the phrase spoken by voices the trainer never used (``HELD_OUT_VARIANTS`` of espeak-ng and
+flite's ``slt``), reverberated and mixed with the real recorded noise of ``../shared/eval/noise`` at
+5-20 dB SNR, each in its own 4 s stream. A positive counts as detected if the head fires (score >=
+threshold, the server's patience 1) at any step from the phrase start to 1 s after its end.
+Negatives: every recording in ``../shared/eval`` (real speech and noise; none contains the phrase)
+plus long synthetic speech (random sentences, a seed the trainer does not use), streamed as the
+server streams them; false accepts are counted with the server's 2 s refractory time.
+The scoring path is the server's front end and head, step by step from the start of each stream.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import tts
+from .augment import augment, mix_at_snr, synthetic_rir
+from .wakeword_train import HELD_OUT_FLITE, HELD_OUT_VARIANTS, FeatureExtractor, sliding_windows
+
+REFRACTORY_STEPS = 25          # 2 s of 80 ms steps
+EVAL_SEED = 987654
+
+
+def load_eval_audio(shared: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(speech recordings, noise recordings) from ../shared/eval as 16 kHz float32."""
+    import soundfile as sf
+    import soxr
+
+    speech, noise = [], []
+    for folder, out in ((shared / "eval" / "speech", speech), (shared / "eval" / "noise", noise)):
+        for p in sorted(folder.rglob("*")):
+            if p.suffix.lower() not in (".wav", ".flac", ".ogg", ".opus"):
+                continue
+            try:
+                x, rate = sf.read(str(p), dtype="float32", always_2d=True)
+            except Exception:
+                continue
+            x = x.mean(axis=1)
+            out.append(soxr.resample(x, rate, 16000).astype(np.float32) if rate != 16000 else x)
+    return speech, noise
+
+
+def head_scores(head, windows: np.ndarray) -> np.ndarray:
+    if len(windows) == 0:
+        return np.zeros(0, np.float32)
+    return np.concatenate([head.score(windows[i:i + 512]) for i in range(0, len(windows), 512)])
+
+
+def count_events(scores: np.ndarray, threshold: float) -> int:
+    events, last = 0, -10 ** 9
+    for i in np.flatnonzero(scores >= threshold):
+        if i - last >= REFRACTORY_STEPS:
+            events += 1
+            last = i
+    return events
+
+
+def evaluate(model: Path, phrase: str, shared: Path, out_dir: Path, *, positives: int = 300,
+             synthetic_minutes: float = 30.0, threads: int = 2) -> dict:
+    from voxserve.server.stages.wakeword_model import Head
+
+    t0 = time.time()
+    tts.require_espeak()
+    head = Head.load(model)
+    fx = FeatureExtractor(threads)
+    rnd = random.Random(EVAL_SEED)
+    rng = np.random.default_rng(EVAL_SEED)
+    speech, noise = load_eval_audio(shared)
+    if not speech:
+        raise RuntimeError(f"no evaluation audio under {shared}/eval")
+    flite = HELD_OUT_FLITE if tts.have_flite() else []
+    voices = tts.voice_pool(rnd, positives, variants=HELD_OUT_VARIANTS, flite_voices=flite, flite_share=0.2)
+    pos_streams, spans = [], []
+    for v in voices:
+        clip = tts.synth(phrase, v)
+        if rng.random() < 0.5:
+            clip = np.convolve(clip, synthetic_rir(rng, rng.uniform(0.2, 0.6)))[: len(clip)]
+        lead, tail = int(1.5 * 16000), int(1.0 * 16000)
+        x = np.zeros(lead + len(clip) + tail, np.float32)
+        x[lead:lead + len(clip)] = clip
+        src = noise[rng.integers(len(noise))] if noise else None
+        bg = np.resize(src, len(x)) if src is not None else rng.standard_normal(len(x)).astype(np.float32)
+        x = mix_at_snr(x, bg, rng.uniform(5, 20)) * 10 ** (rng.uniform(-12, 0) / 20)
+        pos_streams.append(x.astype(np.float32))
+        spans.append((lead, lead + len(clip)))
+    pos_scores = []
+    for v, x, (a, b), embs in zip(voices, pos_streams, spans, fx.stream_embeddings(pos_streams)):
+        s = head_scores(head, sliding_windows(embs, head.n_embeddings))
+        steps = np.arange(len(s)) + head.n_embeddings + 9              # 1-based step of each score
+        ends = steps * 1280
+        mask = (ends >= a) & (ends <= b + 16000)
+        pos_scores.append(float(s[mask].max()) if mask.any() else 0.0)
+    by_voice: dict[str, list[float]] = {}
+    for v, sc in zip(voices, pos_scores):
+        by_voice.setdefault(v.key().split("+")[-1], []).append(sc)
+    # Negatives: real recordings (each its own stream) and long synthetic speech.
+    neg_streams = list(speech) + list(noise)
+    real_s = sum(len(x) for x in neg_streams) / 16000
+    synth_parts, synth_s = [], 0.0
+    sent_voices = tts.voice_pool(rnd, 4000)
+    i = 0
+    while synth_s < synthetic_minutes * 60:
+        y = augment(rng, tts.synth(tts.random_sentence(rnd, 6, 20), sent_voices[i % len(sent_voices)]), noise)
+        synth_parts.append(y)
+        synth_parts.append(np.zeros(int(rng.uniform(0.2, 1.0) * 16000), np.float32))
+        synth_s += (len(y) + len(synth_parts[-1])) / 16000
+        i += 1
+    chunk = []
+    for part in synth_parts:                 # 60 s streams, as long-running device streams would be
+        chunk.append(part)
+        if sum(len(c) for c in chunk) > 60 * 16000:
+            neg_streams.append(np.concatenate(chunk))
+            chunk = []
+    if chunk:
+        neg_streams.append(np.concatenate(chunk))
+    neg_scores = [head_scores(head, sliding_windows(e, head.n_embeddings)) for e in fx.stream_embeddings(neg_streams)]
+    hours = sum(len(x) for x in neg_streams) / 16000 / 3600
+    pos_arr = np.array(pos_scores)
+    thresholds = np.round(np.linspace(0.05, 0.95, 19), 2)
+    rows = []
+    for thr in thresholds:
+        frr = float((pos_arr < thr).mean())
+        fa = sum(count_events(s, thr) for s in neg_scores)
+        rows.append({"threshold": float(thr), "frr": frr, "false_accepts": fa, "fa_per_hour": fa / hours})
+    at = next(r for r in rows if abs(r["threshold"] - 0.5) < 1e-9)
+    result = {"model": str(model), "phrase": phrase, "positives": len(pos_arr), "negative_hours": round(hours, 3),
+              "negative_real_minutes": round(real_s / 60, 2), "negative_synthetic_minutes": round(synth_s / 60, 2),
+              "at_threshold_0.5": at, "det": rows, "seconds": round(time.time() - t0, 1),
+              "miss_rate_by_voice_at_0.5": {k: round(float(np.mean(np.array(v) < 0.5)), 3)
+                                            for k, v in sorted(by_voice.items())}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "wakeword-eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "wakeword-eval.md").write_text(report_markdown(result))
+    plot_det(rows, out_dir / "wakeword-det.png", model.stem)
+    return result
+
+
+def report_markdown(r: dict) -> str:
+    at = r["at_threshold_0.5"]
+    lines = [f"# Wakeword evaluation: {Path(r['model']).name} ({r['phrase']!r})", "",
+             f"- positives: {r['positives']} held-out synthetic voices with real recorded noise (5-20 dB SNR)",
+             f"- negatives: {r['negative_hours']:.3f} h ({r['negative_real_minutes']} min real recordings from "
+             f"../shared/eval, {r['negative_synthetic_minutes']} min synthetic speech)",
+             f"- at threshold 0.5: **FRR {at['frr'] * 100:.1f} %**, **{at['fa_per_hour']:.2f} false accepts/hour** "
+             f"({at['false_accepts']} events)", "",
+             "| threshold | FRR % | false accepts | FA/hour |", "|---|---|---|---|"]
+    for row in r["det"]:
+        lines.append(f"| {row['threshold']:.2f} | {row['frr'] * 100:.1f} | {row['false_accepts']} | "
+                     f"{row['fa_per_hour']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_det(rows: list[dict], path: Path, name: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot([r["fa_per_hour"] for r in rows], [r["frr"] * 100 for r in rows], marker="o")
+    for r in rows[::3]:
+        ax.annotate(f"{r['threshold']:.2f}", (r["fa_per_hour"], r["frr"] * 100), fontsize=7)
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlabel("false accepts per hour")
+    ax.set_ylabel("false rejection rate (%)")
+    ax.set_title(f"DET: {name}")
+    ax.axhline(5, color="grey", ls=":")
+    ax.axvline(0.5, color="grey", ls=":")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

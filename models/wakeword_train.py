@@ -1,0 +1,227 @@
+"""Train an openWakeWord-format head on synthetic speech, on a CPU, reproducibly.
+
+Data (all generated here, nothing downloaded; seeds fixed):
+- positives: the phrase spoken by random TTS voices (espeak-ng voice x variant x rate x pitch, and flite
+  voices when installed), each augmented (reverb, noise, gain) and placed at the end of a stream of
+  2.4 s with a low noise floor before it, as a live stream would deliver it;
+- adversarial negatives: near-miss phrases (``hey jarvi``, ``hey travis``, ``jarvis`` alone, ...), the
+  phrase's words apart, augmented the same way;
+- ordinary speech: random sentences from a 600-word vocabulary, concatenated into long streams and cut
+  into every 80 ms step; plus noise-only streams.
+Held out for evaluation (``wakeword_eval``): the flite voice ``slt`` and every espeak variant in
+``HELD_OUT_VARIANTS``, none of which is used here.
+
+Features are computed by the same front end the server runs (:class:`WakewordFrontEnd`, flavour
+``oww``: openWakeWord's int16 scaling), so the head sees exactly what it sees in production.
+Model: [16, 96] embeddings -> Linear 1536x64 -> LayerNorm -> ReLU -> Linear 64x64 -> LayerNorm ->
+ReLU -> Linear 64x1 -> sigmoid, trained with binary cross-entropy (positives weighted up by the square
+root of the class ratio).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import tts
+from .augment import augment, colored_noise
+
+log = logging.getLogger("voxserve.wakeword.train")
+
+N_EMB = 16
+STREAM_S = 2.4
+HELD_OUT_VARIANTS = ["f2", "m4", "Annie", "Belinda", "Caleb", "Gene", "Jacky", "Linda", "Quincy", "Steph",
+                     "norbert", "klatt3", "whisper", "grandma", "shelby"]
+HELD_OUT_FLITE = ["slt"]
+TRAIN_VARIANTS = [v for v in tts.ESPEAK_VARIANTS if v not in HELD_OUT_VARIANTS]
+TRAIN_FLITE = [v for v in tts.FLITE_VOICES if v not in HELD_OUT_FLITE]
+
+
+def near_phrases(phrase: str) -> list[str]:
+    """Confusable phrases for a wake phrase; generic rules plus a few for two-word phrases."""
+    words = phrase.split()
+    last = words[-1]
+    out = {last, " ".join(words[:-1]) or "hey", last[:-1], f"{words[0]} {last[:-1]}", f"hi {last}",
+           f"{words[0]} {last}s", f"{last} {words[0]}", f"a {last}", f"okay {last}"}
+    swaps = {"j": ["h", "g", "ch", "d"], "v": ["b", "f"], "s": ["z", "th"]}
+    for i, ch in enumerate(last):
+        for rep in swaps.get(ch, []):
+            out.add(f"{words[0]} {last[:i]}{rep}{last[i + 1:]}")
+    out |= {f"{words[0]} travis", f"{words[0]} marvin", f"{words[0]} davis", f"{words[0]} service",
+            f"{words[0]} java", f"{words[0]} harvest", f"{words[0]} jar", f"{words[0]} there", "hey",
+            "jars", "nervous", "carcass", "jervis bay", "hey jude", "hello"}
+    out.discard(phrase)
+    return sorted(out)
+
+
+@dataclass
+class TrainConfig:
+    phrase: str
+    positives: int = 1600
+    adversarial: int = 1200
+    sentences: int = 500
+    noise_streams: int = 60
+    epochs: int = 30
+    seed: int = 1234
+    threads: int = 2
+
+
+def place_at_end(rng: np.random.Generator, clip: np.ndarray, total: int, tail: int) -> np.ndarray:
+    """A stream of ``total`` samples: a quiet noise floor, then ``clip`` ending ``tail`` samples early."""
+    x = (colored_noise(rng, total, "pink") * 10 ** (rng.uniform(-75, -55) / 20)).astype(np.float32)
+    clip = clip[-(total - tail):]
+    end = total - tail
+    x[end - len(clip):end] += clip
+    return x
+
+
+class FeatureExtractor:
+    """Embeddings exactly as the server computes them (streaming steps from the start of a stream)."""
+
+    def __init__(self, threads: int = 2):
+        from voxserve.server.stages.wakeword_model import WakewordFrontEnd
+
+        self.fe = WakewordFrontEnd("oww", {}, "onnxruntime-cpu", intra_op_threads=threads)
+
+    def stream_embeddings(self, streams: list[np.ndarray], last: int | None = None) -> list[np.ndarray]:
+        """For each stream (16 kHz, starting at t = 0): embeddings of every step, or of the ``last`` steps."""
+        from voxserve.server.stages.wakeword_model import EMB_WINDOW, MEL_HISTORY, MEL_WINDOW, STEP
+
+        out = []
+        for x in streams:
+            n = len(x) // STEP
+            padded = np.concatenate([np.zeros(MEL_WINDOW, np.float32), x[: n * STEP]])
+            wins = np.lib.stride_tricks.sliding_window_view(padded, MEL_WINDOW)[STEP::STEP][:n]
+            mel = np.concatenate([self.fe._mel(wins[i:i + 256]) for i in range(0, n, 256)]).reshape(-1, 32)
+            frames = np.concatenate([self.fe.silent_mel, mel])             # 68 silent frames first
+            first = 0 if last is None else max(0, n - last)
+            idx = np.arange(first, n)
+            windows = np.stack([frames[8 * j: 8 * j + EMB_WINDOW] for j in idx])
+            embs = np.concatenate([self.fe._emb(windows[i:i + 256]) for i in range(0, len(windows), 256)])
+            assert MEL_HISTORY == 68
+            out.append(embs.astype(np.float32))
+        return out
+
+
+def sliding_windows(embs: np.ndarray, n: int = N_EMB, start: int = N_EMB + 9) -> np.ndarray:
+    """Every head input a stream produces from step ``start`` on (the server's warm-up rule)."""
+    if len(embs) < start:
+        return np.zeros((0, n, embs.shape[1]), np.float32)
+    return np.stack([embs[j - n + 1: j + 1] for j in range(start - 1, len(embs))])
+
+
+def build_dataset(cfg: TrainConfig, fx: FeatureExtractor) -> tuple[np.ndarray, np.ndarray]:
+    tts.require_espeak()
+    rnd = random.Random(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    total = int(STREAM_S * 16000)
+
+    def voices(n):
+        return tts.voice_pool(rnd, n, variants=TRAIN_VARIANTS, flite_voices=TRAIN_FLITE)
+
+    t0 = time.time()
+    pos_streams = []
+    for v in voices(cfg.positives):
+        clip = tts.synth(cfg.phrase, v)
+        pos_streams.append(place_at_end(rng, augment(rng, clip), total, int(rng.uniform(0.0, 0.16) * 16000)))
+    adv = near_phrases(cfg.phrase)
+    neg_streams = []
+    for v in voices(cfg.adversarial):
+        clip = tts.synth(rnd.choice(adv), v)
+        neg_streams.append(place_at_end(rng, augment(rng, clip), total, int(rng.uniform(0.0, 0.3) * 16000)))
+    log.info("synthesised phrases", extra={"positives": len(pos_streams), "adversarial": len(neg_streams),
+                                           "seconds": round(time.time() - t0, 1)})
+    long_streams = []
+    sent_voices = voices(cfg.sentences)
+    for i in range(0, cfg.sentences, 10):
+        parts = []
+        for v in sent_voices[i:i + 10]:
+            parts.append(augment(rng, tts.synth(tts.random_sentence(rnd), v)))
+            parts.append(np.zeros(int(rng.uniform(0.1, 0.8) * 16000), np.float32))
+        long_streams.append(np.concatenate(parts))
+    for _ in range(cfg.noise_streams):
+        kind = rnd.choice(["white", "pink", "brown"])
+        long_streams.append(colored_noise(rng, 16000 * 8, kind) * 10 ** (rng.uniform(-50, -10) / 20))
+    log.info("synthesised long negatives", extra={"streams": len(long_streams), "seconds": round(time.time() - t0, 1)})
+
+    last = N_EMB + 2
+    pos_x = [sliding_windows(e, start=N_EMB)[-3:] for e in fx.stream_embeddings(pos_streams, last=last)]
+    adv_x = [sliding_windows(e, start=N_EMB)[-3:] for e in fx.stream_embeddings(neg_streams, last=last)]
+    long_x = [sliding_windows(e) for e in fx.stream_embeddings(long_streams)]
+    X = np.concatenate(pos_x + adv_x + long_x)
+    y = np.concatenate([np.ones(sum(len(p) for p in pos_x)), np.zeros(sum(len(a) for a in adv_x)),
+                        np.zeros(sum(len(w) for w in long_x))]).astype(np.float32)
+    log.info("features", extra={"windows": len(X), "positive": int(y.sum()), "seconds": round(time.time() - t0, 1)})
+    return X.astype(np.float32), y
+
+
+def make_head(n: int = N_EMB):
+    import torch
+
+    return torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(n * 96, 64), torch.nn.LayerNorm(64), torch.nn.ReLU(),
+        torch.nn.Linear(64, 64), torch.nn.LayerNorm(64), torch.nn.ReLU(), torch.nn.Linear(64, 1), torch.nn.Sigmoid())
+
+
+def train_head(X: np.ndarray, y: np.ndarray, cfg: TrainConfig):
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    model = make_head()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-3)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    n_pos = float(y.sum())
+    w_pos = max(1.0, (len(y) - n_pos) / max(n_pos, 1.0)) ** 0.5     # partial re-balancing of the rare class
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(len(Xt), generator=gen)
+        total = 0.0
+        for i in range(0, len(perm), 512):
+            idx = perm[i:i + 512]
+            p = model(Xt[idx]).squeeze(1).clamp(1e-6, 1 - 1e-6)
+            t = yt[idx]
+            weights = torch.where(t > 0.5, torch.full_like(t, w_pos), torch.ones_like(t))
+            loss = torch.nn.functional.binary_cross_entropy(p, t, weight=weights)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        sched.step()
+        if epoch % 5 == 4 or epoch == cfg.epochs - 1:
+            with torch.no_grad():
+                p = model(Xt).squeeze(1).numpy()
+            log.info("epoch", extra={"epoch": epoch + 1, "loss": round(total / len(Xt), 5),
+                                     "train_recall": round(float((p[y > 0.5] >= 0.5).mean()), 4),
+                                     "train_false_pos": int((p[y < 0.5] >= 0.5).sum())})
+    return model.eval()
+
+
+def export_head(model, out: Path, cfg: TrainConfig, extra: dict) -> None:
+    import torch
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(model, (torch.zeros(1, N_EMB, 96),), str(out), input_names=["x"], output_names=["score"],
+                      dynamic_axes={"x": {0: "batch"}, "score": {0: "batch"}}, opset_version=17, dynamo=False)
+    meta = {"name": out.stem, "phrase": cfg.phrase, "features": "oww", "embeddings": N_EMB,
+            "trained_with": "voxserve-wakeword train", "seed": cfg.seed, "held_out_variants": HELD_OUT_VARIANTS,
+            "held_out_flite": HELD_OUT_FLITE, **extra}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def train(cfg: TrainConfig, out: Path) -> dict:
+    t0 = time.time()
+    fx = FeatureExtractor(cfg.threads)
+    X, y = build_dataset(cfg, fx)
+    model = train_head(X, y, cfg)
+    stats = {"windows": int(len(y)), "positives": int(y.sum()), "train_seconds": round(time.time() - t0, 1)}
+    export_head(model, out, cfg, stats)
+    log.info("trained", extra={"out": str(out), **stats})
+    return stats

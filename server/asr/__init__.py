@@ -1,0 +1,1 @@
+"""Streaming ASR: model-family-neutral recognizer interface and the Moonshine implementation."""

