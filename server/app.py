@@ -260,31 +260,41 @@ class StreamHandler:
                 if payload is None:
                     continue
             m.bytes_in.inc(len(payload))
-            for ev in conn.receive(payload, self.last_input):
-                if isinstance(ev, AudioIn):
-                    m.frames.inc()
-                    m.audio_seconds.inc(ev.samples.shape[0] / conn.config.audio.sample_rate)
-                    self.session.on_audio(ev)
-                elif isinstance(ev, ProtocolError):
-                    m.errors.labels(ev.code.value).inc()
-                    if ev.fatal:
-                        self._end = ev
-                        return
-                    self._queue_error(ev)
-                elif isinstance(ev, Start):
-                    if not self._open_session():
-                        return
-                elif isinstance(ev, Update):
-                    self.session.on_update(ev.options)
-                    self._queue({"type": "updated", "options": ev.options})
-                elif isinstance(ev, Flush):
-                    await self.session.flush()
-                    self._queue({"type": "flushed", **self.session.position("at", self.session.ring.end)})
-                elif isinstance(ev, Stop):
-                    self._stopped = True
+            try:
+                if not await self._dispatch(conn.receive(payload, self.last_input)):
                     return
-                elif isinstance(ev, Ack):
-                    pass
+            except Exception as exc:                  # a bug of ours: typed error, finals, close 1011
+                log.exception("stream failed", extra=self._log_extra)
+                self._end = ProtocolError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+                return
+
+    async def _dispatch(self, events) -> bool:
+        """Handle the events of one message; False when the stream must end."""
+        m = self.server.metrics
+        for ev in events:
+            if isinstance(ev, AudioIn):
+                m.frames.inc()
+                m.audio_seconds.inc(ev.samples.shape[0] / self.conn.config.audio.sample_rate)
+                self.session.on_audio(ev)
+            elif isinstance(ev, ProtocolError):
+                m.errors.labels(ev.code.value).inc()
+                if ev.fatal:
+                    self._end = ev
+                    return False
+                self._queue_error(ev)
+            elif isinstance(ev, Start):
+                if not self._open_session():
+                    return False
+            elif isinstance(ev, Update):
+                self.session.on_update(ev.options)
+                self._queue({"type": "updated", "options": ev.options})
+            elif isinstance(ev, Flush):
+                await self.session.flush()
+                self._queue({"type": "flushed", **self.session.position("at", self.session.ring.end)})
+            elif isinstance(ev, Stop):
+                self._stopped = True
+                return False
+        return True
 
     def _open_session(self) -> bool:
         srv = self.server
@@ -294,8 +304,16 @@ class StreamHandler:
             self._end = refusal
             return False
         s = srv.settings
-        self.session = Session(cfg, srv.stages, srv.metrics, ring_seconds=s.ring_seconds, outbox_soft=s.outbox_soft,
-                               outbox_hard=s.outbox_hard, notify=self._wake.set, on_overflow=self._overflow)
+        try:
+            self.session = Session(cfg, srv.stages, srv.metrics, ring_seconds=s.ring_seconds,
+                                   outbox_soft=s.outbox_soft, outbox_hard=s.outbox_hard, notify=self._wake.set,
+                                   on_overflow=self._overflow)
+        except ProtocolError as err:          # a stage refused this configuration: the client may retry
+            srv.admission.release(self)
+            self.conn.reset()
+            srv.metrics.errors.labels(err.code.value).inc()
+            self._queue_error(err)
+            return True
         self._log_extra = {"session": self.session.id, "client": cfg.client or "", "pipelines": list(cfg.pipelines)}
         srv.metrics.sessions_total.labels("opened").inc()
         log.info("stream started", extra={**self._log_extra, "rate": cfg.audio.sample_rate})

@@ -56,12 +56,17 @@ class Session:
             self.vad = VadSegmenter(**config.options["vad"])
             self.vad_events_on = bool(config.options["vad"].get("events", True))
         self.segments: list[tuple[int, int | None]] = []   # speech segments, 16 kHz [start, end)
-        ctx = StreamContext(self.id, self.ring, self.emit, self.position, self.in_rate, config.output_sample_rate,
-                            config.pipelines, clock)
+        self.ctx = ctx = StreamContext(self.id, self.ring, self.emit, self.position, self.in_rate, config.output_sample_rate,
+                            config.pipelines, clock, self.vad)
         self.streams: dict[str, StageStream] = {}
-        for name in config.pipelines:
-            if name in stages:
-                self.streams[name] = stages[name].open(ctx, config.options[name])
+        try:
+            for name in config.pipelines:
+                if name in stages:
+                    self.streams[name] = stages[name].open(ctx, config.options[name])
+        except Exception:
+            for stream in self.streams.values():
+                stream.close()
+            raise
         self.received = 0          # input-rate samples received
         self.created = clock()
         self.closed = False
@@ -143,10 +148,15 @@ class Session:
     async def flush(self) -> None:
         """Force end of utterance: VAD closes its segment, stages emit their finals."""
         now = self.clock()
-        if self.vad is not None:
-            self._emit_vad(self.vad.flush(), now, now, now)
-        for stream in self.streams.values():
-            await stream.flush()
+        events = self.vad.flush() if self.vad is not None else []
+        self._emit_vad(events, now, now, now)
+        self.ctx.ending = "flush"
+        try:
+            for stream in self.streams.values():
+                stream.on_audio(self.ring.end, events)
+                await stream.flush()
+        finally:
+            self.ctx.ending = None
 
     async def finish(self) -> None:
         """End of stream: drain the resampler tail, close segments, deliver all finals."""
@@ -154,9 +164,11 @@ class Session:
         tail = self.resampler.finish()
         if tail.size:
             self._ingest(tail, now)
-        if self.vad is not None:
-            self._emit_vad(self.vad.finish(), now, now, now)
+        events = self.vad.finish() if self.vad is not None else []
+        self._emit_vad(events, now, now, now)
+        self.ctx.ending = "stop"
         for stream in self.streams.values():
+            stream.on_audio(self.ring.end, events)
             await stream.finish()
 
     def close(self) -> None:

@@ -3,7 +3,9 @@
 Files come from the installed ``moonshine-cpp`` package (``models/base-en``): ``encoder_model.ort``
 (raw 16 kHz audio [B, N] -> hidden states [B, T, 416]), ``decoder_model_merged.ort`` (one graph with
 and without KV cache, 8 layers x 8 heads x 52) and ``tokenizer.bin``. The ``.ort`` graphs run on
-ONNX Runtime's CPU provider; CUDA/TensorRT need the standard ``.onnx`` conversion (see README).
+ONNX Runtime's CPU provider only and re-cast their int8 weights on every call, so by default they are
+converted once to standard ``.onnx`` (:mod:`voxserve.engines.ort_to_onnx`; parity tested), which
+every engine kind can run and ONNX Runtime constant-folds (about 3x faster on CPU).
 
 Decoding is greedy with the KV cache. Several utterances of the *same length* decode as one batch
 (the graphs have no attention mask, so unequal lengths are not mixed): every decoder step of the
@@ -38,6 +40,19 @@ def model_dir() -> Path:
     return d
 
 
+def _looping(tokens: list[int], max_period: int = 12) -> bool:
+    """True when the decoder is stuck in a loop: the tail repeats a block of 4-12 tokens twice, or a
+    block of 1-3 tokens three times in a row. The repeats are removed, the first occurrence kept
+    (short blocks need three repeats so that real speech such as "five five" survives)."""
+    for p in range(1, max_period + 1):
+        repeats = 3 if p < 4 else 2
+        if len(tokens) >= p * repeats and all(tokens[-p:] == tokens[len(tokens) - (k + 1) * p:len(tokens) - k * p]
+                                              for k in range(1, repeats)):
+            del tokens[-(repeats - 1) * p:]
+            return True
+    return False
+
+
 @dataclass
 class Hypothesis:
     tokens: list[int]
@@ -49,12 +64,18 @@ class MoonshineModel:
 
     name = "moonshine-base-en"
 
-    def __init__(self, engine_kind: str = "onnxruntime-cpu", intra_op_threads: int = 1, directory: Path | None = None,
-                 encoder: str = "encoder_model.ort", decoder: str = "decoder_model_merged.ort"):
-        d = directory or model_dir()
-        kind = "onnxruntime-cpu" if engine_kind == "auto" else engine_kind
-        self.encoder = create_engine(d / encoder, kind, intra_op_threads=intra_op_threads, name="moonshine-encoder")
-        self.decoder = create_engine(d / decoder, kind, intra_op_threads=intra_op_threads, name="moonshine-decoder")
+    def __init__(self, engine_kind: str = "auto", intra_op_threads: int = 1, *, use_ort_files: bool = False):
+        """``use_ort_files`` runs the shipped ``.ort`` graphs as they are (CPU only, ~3x slower: they
+        re-cast their int8 weights on every call); by default their ``.onnx`` conversion runs."""
+        d = model_dir()
+        enc, dec = d / "encoder_model.ort", d / "decoder_model_merged.ort"
+        if use_ort_files:
+            kind = "onnxruntime-cpu"
+        else:
+            from voxserve.engines.ort_to_onnx import converted
+            enc, dec, kind = converted(enc), converted(dec), engine_kind
+        self.encoder = create_engine(enc, kind, intra_op_threads=intra_op_threads, name="moonshine-encoder")
+        self.decoder = create_engine(dec, kind, intra_op_threads=intra_op_threads, name="moonshine-decoder")
         self.tokenizer = Tokenizer.load(d / "tokenizer.bin")
         self._dec_inputs = [s.name for s in self.decoder.inputs]
         self._present = [s.name for s in self.decoder.outputs if s.name.startswith("present")]
@@ -99,6 +120,8 @@ class MoonshineModel:
                         done[r] = True
                     else:
                         result[r].append(int(nxt[r]))
+                        if _looping(result[r]):
+                            done[r] = True
             if done.all():
                 break
             for name in self._present:

@@ -73,6 +73,11 @@ class ServerConnection:
         self._tokens = float(self.limits.frame_burst)
         self._last_refill: float | None = None
 
+    def reset(self) -> None:
+        """Back to awaiting ``start`` (the server refused the accepted configuration)."""
+        self.state = ConnectionState.AWAITING_START
+        self.config = None
+
     # -- input -------------------------------------------------------------------------------------
     def receive(self, payload: bytes | str, now: float) -> list[Event]:
         if self.state is ConnectionState.CLOSED:

@@ -25,6 +25,8 @@ class StreamContext:
     output_rate: int
     pipelines: tuple[str, ...]
     clock: Callable[[], float]
+    vad: object | None = None        # the stream's VadSegmenter (read-only for stages)
+    ending: str | None = None        # "flush" or "stop" while the session ends an utterance or the stream
 
 
 class StageStream(abc.ABC):

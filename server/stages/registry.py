@@ -9,4 +9,7 @@ def create_stage(name: str, settings: Any, metrics: Any, admission: Any = None):
     if name == "wakeword":
         from .wakeword import WakewordStage
         return WakewordStage(settings, metrics, admission)
-    raise ValueError(f"unknown pipeline {name!r} in settings (known: vad, wakeword)")
+    if name == "asr":
+        from .asr import AsrStage
+        return AsrStage(settings, metrics, admission)
+    raise ValueError(f"unknown pipeline {name!r} in settings (known: vad, wakeword, asr)")

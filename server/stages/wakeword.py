@@ -151,6 +151,8 @@ class _FlavourState:
         self.mel_hist, self.emb_hist = frontend.initial_state()
         self.computed = 0              # steps computed so far (step s covers [STEP*(s-1), STEP*s))
         self.inflight: asyncio.Future | None = None
+        self.gated_out = False         # steps were skipped by VAD gating since the last computed one
+        self.next_step = 1             # the next step to decide (compute or skip)
         self.max_n = max(frontend.heads[h].n_embeddings for h in heads)
 
 
@@ -165,9 +167,9 @@ class WakewordStream(StageStream):
         self.flavours = {f: _FlavourState(stage.frontends[f], hs) for f, hs in by_flavour.items()}
         self.ready = 0                                  # complete steps available in the ring
         self.arrivals: deque[tuple[int, float]] = deque()   # (step, arrival time of its last sample)
-        self.in_speech = False
+        self.segments: list[list] = []                  # VAD speech segments [start, end|None], 16 kHz
+        self.final = False                              # flush/stop: decide every step with what is known
         self.speech_start = 0
-        self.gate_until = -1                            # 16 kHz position up to which steps are wanted
         self.streak = {h: 0 for h in heads}
         self.last_fire: dict[str, int] = {}
         self.closed = False
@@ -180,14 +182,12 @@ class WakewordStream(StageStream):
         self.opts.update(options)
 
     def on_audio(self, end: int, vad_events: list[VadEvent]) -> None:
-        hang = self.opts["gate_hangover_ms"] * 16
         for ev in vad_events:
             if ev.kind == "speech_start":
-                self.in_speech = True
+                self.segments.append([ev.start, None])
                 self.speech_start = ev.start
-            else:
-                self.in_speech = False
-                self.gate_until = max(self.gate_until, (ev.end or 0) + hang)
+            elif self.segments:
+                self.segments[-1][1] = ev.end
         ready = end // STEP
         if ready > self.ready:
             now = self.ctx.clock()
@@ -197,26 +197,58 @@ class WakewordStream(StageStream):
         self._schedule()
 
     # -- scheduling ----------------------------------------------------------------------------------
-    def _active(self) -> bool:
-        if not self.opts["gating"] or self.in_speech:
+    def _wanted(self, step: int) -> bool | None:
+        """Gating decision for a step: True (compute), False (skip) or None (not known yet).
+
+        A step is wanted when its end lies in a VAD speech segment or within ``gate_hangover_ms``
+        after one. It is skipped only once the VAD has analysed far enough past it that a segment
+        starting there would already be known; so the decision never depends on timing.
+        """
+        if not self.opts["gating"]:
             return True
-        return self.ready * STEP <= self.gate_until
+        e = step * STEP
+        hang = self.opts["gate_hangover_ms"] * 16
+        while len(self.segments) > 1 and self.segments[0][1] is not None and self.segments[0][1] + hang < e - STEP:
+            self.segments.pop(0)
+        for start, end in self.segments:
+            if start <= e and (end is None or e <= end + hang):
+                return True
+        vad = self.ctx.vad
+        if vad is None:
+            return True
+        if self.final:                     # no more audio will come: what the VAD knows is final
+            return False
+        known_until = vad.position - vad.min_speech - vad.frame_len - 64
+        return False if e <= known_until else None
 
     def _schedule(self) -> None:
         if self.closed:
             return
         for flavour, st in self.flavours.items():
-            if st.inflight is not None or st.computed >= self.ready:
+            if st.inflight is not None:
                 continue
-            if not self._active():
+            while st.next_step <= self.ready:               # decide steps in order; skip unwanted ones
+                w = self._wanted(st.next_step)
+                if w is None:
+                    break
+                if w:
+                    break
+                st.next_step += 1
+                st.gated_out = True
+                self.steps_skipped += 1
+            if st.next_step > self.ready or self._wanted(st.next_step) is not True:
                 continue
-            first = st.computed + 1
+            first = st.next_step
             fresh_from = None
-            if self.ready - st.computed > BACKFILL_STEPS and st.computed < self.ready - BACKFILL_STEPS:
-                first = self.ready - BACKFILL_STEPS + 1          # histories are stale: rebuild them
-                fresh_from = first
-                self.steps_skipped += first - st.computed - 1
-            last = min(self.ready, first + MAX_STEPS_PER_REQUEST - 1)
+            if st.gated_out:                                 # histories are stale: rebuild them first
+                st.gated_out = False
+                first = max(st.computed + 1, st.next_step - BACKFILL_STEPS + 1)
+                if first > st.computed + 1:
+                    fresh_from = first
+            last = st.next_step
+            while last < self.ready and last - first + 1 < MAX_STEPS_PER_REQUEST and self._wanted(last + 1):
+                last += 1
+            st.next_step = last + 1
             k = last - first + 1
             audio = np.stack([self.ctx.ring.read(s * STEP - MEL_WINDOW, s * STEP) for s in range(first, last + 1)])
             mask = np.ones(k, bool)
@@ -324,9 +356,14 @@ class WakewordStream(StageStream):
                 return
 
     async def flush(self) -> None:
-        await self._drain()
+        self.final = True
+        try:
+            await self._drain()
+        finally:
+            self.final = False
 
     async def finish(self) -> None:
+        self.final = True
         await self._drain()
 
     def close(self) -> None:

@@ -1,0 +1,380 @@
+"""Streaming ASR stage: interim and final transcripts from a non-streaming recognizer (Moonshine).
+
+Data path per stream: VAD ``speech_start`` opens a segment (with ``pre_roll_ms`` of audio before it)
+-> while it is open, every ``interim_interval_ms`` of new audio the whole segment so far is decoded
+(interim; budget policy **skip**: a stale interim is dropped, never queued) -> VAD ``speech_end``,
+``flush``, ``stop`` or ``max_segment_s`` closes it -> the segment is decoded once more (final; policy
+**run late**: finals are never dropped) -> ``transcript`` with a stable id.
+
+Speculative finals: when the VAD has heard ``speculate_after_ms`` of silence inside a segment, the
+final decode of the segment up to that point starts at once; if the VAD then closes the segment at
+the same place, that result is the final, so the final arrives about one hangover earlier.
+
+Stability: an interim's words that agreed with the previous interim become *stable* and are never
+retracted by later interims (``stable_text``); the rest is ``unstable_text``. The final is the
+recognizer's best full decode of the segment and may differ from the interims.
+
+Long speech without pauses is split at the quietest 100 ms of the segment's last 40 % once it
+reaches ``max_segment_s``. Measured (bench/RESULTS.md): continuous speech decodes with 2-3 % WER up
+to 44 s; the empty transcript on a 19.8 s clip came from a second of digital silence inside it,
+which VAD segmentation never keeps inside a segment.
+
+Wake-gated mode (``mode = after_wakeword``): segments are ignored until a ``wakeword`` event; the
+utterance after it (the rest of the segment the wake word ended in, or the next segment starting
+within ``wake_timeout_s`` of audio) is transcribed, then the stream goes back to listening. Positions,
+not wall-clock time, decide this, so the result does not depend on how fast the client sends.
+
+A segment in which nothing is recognised (noise, music) yields no final at all; final ids count the
+finals delivered on the stream (0, 1, 2, ...).
+
+Word timings: not reported. Moonshine gives no alignment, and timings guessed from token counts
+would not be honest; each final carries the segment's start and end instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import numpy as np
+
+from ..protocol.options import Option, PipelineSchema
+from ..scheduler import RUN_LATE, SKIP, BatchScheduler, StageFailed
+from ..session import latency
+from ..vad import VadEvent
+from .base import Stage, StageStream, StreamContext
+
+log = logging.getLogger("voxserve.asr")
+
+TAIL = 1280          # 80 ms of audio after the last speech frame go into a final
+
+ASR_SCHEMA = PipelineSchema(
+    "asr",
+    (
+        Option("mode", str, "always", "always, or after_wakeword (needs the wakeword pipeline)",
+               choices=("always", "after_wakeword")),
+        Option("interims", bool, True, "send interim transcripts while speaking"),
+        Option("interim_interval_ms", int, 300, "new audio between interim decodes", min=100, max=5000),
+        Option("pre_roll_ms", int, 200, "audio before the VAD start included in a segment", min=0, max=1000),
+        Option("max_segment_s", float, 20.0, "split longer speech at its quietest point", min=2.0, max=40.0),
+        Option("speculate_after_ms", int, 90, "silence inside a segment after which the final decode starts",
+               min=90, max=5000),
+        Option("wake_timeout_s", float, 5.0, "after_wakeword: how long to wait for the command", min=0.5, max=30.0),
+        Option("budget_partial_ms", float, 500.0, "interim budget (older interims are skipped)", min=50, max=10000),
+        Option("budget_final_ms", float, 1000.0, "final budget (late finals are still delivered)", min=50, max=30000),
+    ),
+    doc="streaming speech recognition (Moonshine base, English): interim and final transcripts",
+    requires=("vad",),
+)
+
+
+class AsrStage(Stage):
+    name = "asr"
+    schema = ASR_SCHEMA
+
+    def __init__(self, settings, metrics, admission=None, model=None):
+        from ..asr.moonshine import MoonshineModel
+
+        self.settings = settings
+        self.metrics = metrics
+        self.admission = admission
+        self.model = model or MoonshineModel(settings.engine, settings.intra_op_threads)
+        delay = getattr(settings, "engine_delay_s", 0.0)
+        run = self._run if not delay else (lambda items: (time.sleep(delay), self._run(items))[1])
+        self.schedulers = {"asr": BatchScheduler("asr", run, max_batch=settings.max_batch,
+                                                 max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics)}
+
+    def _run(self, items: list[np.ndarray]):
+        return self.model.transcribe(items)
+
+    async def start(self) -> None:
+        sched = self.schedulers["asr"]
+        sched.start()
+        rng = np.random.default_rng(0)
+        await sched.submit((rng.standard_normal(16000) * 0.01).astype(np.float32), deadline=time.perf_counter() + 30)
+
+    async def stop(self) -> None:
+        await self.schedulers["asr"].stop()
+
+    def describe(self) -> dict:
+        d = self.schema.describe()
+        d["models"] = {self.model.name: {"encoder": self.model.encoder.describe()["detail"],
+                                         "decoder": self.model.decoder.describe()["detail"]}}
+        return d
+
+    def open(self, ctx: StreamContext, options: dict) -> "AsrStream":
+        if options["mode"] == "after_wakeword" and "wakeword" not in ctx.pipelines:
+            from ..protocol.errors import ErrorCode, ProtocolError
+            raise ProtocolError(ErrorCode.BAD_VALUE, "asr.mode=after_wakeword needs the wakeword pipeline too")
+        return AsrStream(self, ctx, options)
+
+
+def _norm(word: str) -> str:
+    """A word compared for stability: case and punctuation do not count."""
+    return "".join(ch for ch in word.lower() if ch.isalnum() or ch == "'")
+
+
+class _Segment:
+    def __init__(self, start: int, opened_at: float):
+        self.start = start
+        self.end: int | None = None
+        self.last_interim_end = start
+        self.interim: asyncio.Future | None = None
+        self.prev_words: list[str] = []
+        self.stable: list[str] = []
+        self.speculative: tuple[int, asyncio.Future, float] | None = None
+        self.opened_at = opened_at
+        self.command = False            # after_wakeword: this segment is the command to transcribe
+
+
+class AsrStream(StageStream):
+    def __init__(self, stage: AsrStage, ctx: StreamContext, options: dict):
+        self.stage = stage
+        self.ctx = ctx
+        self.opts = dict(options)
+        self.seg: _Segment | None = None
+        self.final_seq = 0
+        self.final_tail: asyncio.Future | None = None     # finals are emitted in order
+        self.pending: set[asyncio.Future] = set()
+        self.closed = False
+        self.armed_from: int | None = None                # after_wakeword: transcribe from here (16 kHz)
+        self.recent: list[tuple[int, int]] = []           # after_wakeword: closed segments not yet judged
+        self.vad_in_speech = False
+        self.vad_last_speech_end = 0
+
+    @property
+    def sched(self) -> BatchScheduler:
+        return self.stage.schedulers["asr"]
+
+    # -- events from other stages --------------------------------------------------------------------
+    def on_event(self, event: dict) -> None:
+        """A wake word arms the stream. Wakeword scores may arrive after the VAD has already moved
+        on (a client sending faster than real time), so segments that closed after the wake word's
+        end are judged now, and an open one becomes the command."""
+        if event.get("type") != "wakeword" or self.opts["mode"] != "after_wakeword":
+            return
+        wake_end = int(round(event["end_ms"] * 16))
+        self.armed_from = wake_end
+        for start, end in self.recent:
+            if end - max(start, wake_end) >= 1600 and self._armed_at(start):
+                seg = _Segment(max(start, wake_end), self.ctx.clock())
+                seg.command = True
+                saved, self.seg = self.seg, seg
+                self._close(end, "endpoint")
+                self.seg = saved
+        self.recent = [r for r in self.recent if r[1] <= wake_end]
+        seg = self.seg
+        if seg is not None and seg.end is None and self._armed_at(seg.start):
+            seg.start = max(seg.start, wake_end)
+            seg.last_interim_end = seg.start
+            seg.command = True
+
+    def on_update(self, options: dict) -> None:
+        self.opts.update(options)
+
+    # -- audio ---------------------------------------------------------------------------------------
+    def _armed_at(self, start: int) -> bool:
+        """after_wakeword: a segment starting at ``start`` (16 kHz) is the command of the last wake word
+        (it began no later than ``wake_timeout_s`` of audio after the wake word ended)."""
+        return (self.armed_from is not None
+                and start <= self.armed_from + int(self.opts["wake_timeout_s"] * 16000))
+
+    def on_audio(self, end: int, vad_events: list[VadEvent]) -> None:
+        for ev in vad_events:
+            if ev.kind == "speech_start":
+                self.vad_in_speech = True
+                if self.seg is None:
+                    start = max(0, ev.start - self.opts["pre_roll_ms"] * 16, self.ctx.ring.start)
+                    self.seg = _Segment(start, self.ctx.clock())
+                    if self.opts["mode"] == "always":
+                        self.seg.command = True
+                    elif self._armed_at(start):
+                        self.seg.start = max(start, self.armed_from or 0)
+                        self.seg.command = True
+            else:
+                self.vad_in_speech = False
+                self.vad_last_speech_end = ev.end or 0
+                if self.seg is not None:
+                    self._close(min(end, (ev.end or end) + TAIL), self.ctx.ending or "endpoint")
+        seg = self.seg
+        if seg is None or self.closed or not seg.command:
+            return
+        if end - seg.start >= self.opts["max_segment_s"] * 16000:
+            self._split(end)
+            return
+        if self._maybe_speculate(end):
+            return                  # silence has begun: the final decode is under way, no interim competes
+        if (self.opts["interims"] and seg.interim is None
+                and end - seg.last_interim_end >= self.opts["interim_interval_ms"] * 16):
+            self._interim(end)
+
+    def _maybe_speculate(self, end: int) -> bool:
+        """Start the final decode early once the VAD hears silence in the segment; True while silent."""
+        seg = self.seg
+        vad = getattr(self.ctx, "vad", None)
+        if seg is None or vad is None or not vad.in_speech:
+            return False
+        silence = vad.position - vad.last_speech_end
+        if silence < self.opts["speculate_after_ms"] * 16:
+            return False
+        spec_end = min(end, vad.last_speech_end + TAIL)
+        if spec_end - seg.start < 1600:           # e.g. a split segment that holds no speech yet
+            return False
+        if seg.speculative is not None and seg.speculative[0] == spec_end:
+            return True
+        audio = self.ctx.ring.read(seg.start, spec_end)
+        fut = self.sched.submit(audio, deadline=self.ctx.clock() + self.opts["budget_final_ms"] / 1000.0,
+                                policy=RUN_LATE, weight=len(audio) / 16000)
+        seg.speculative = (spec_end, fut, self.ctx.clock())
+        return True
+
+    def _interim(self, end: int) -> None:
+        seg = self.seg
+        assert seg is not None
+        seg.last_interim_end = end
+        audio = self.ctx.ring.read(seg.start, end)
+        t = self.ctx.clock()
+        fut = self.sched.submit(audio, deadline=t + self.opts["budget_partial_ms"] / 1000.0, policy=SKIP,
+                                weight=len(audio) / 16000)
+        seg.interim = fut
+        fut.add_done_callback(lambda f, s=seg, e=end, t0=t: self._interim_done(s, e, t0, f))
+
+    def _interim_done(self, seg: _Segment, end: int, t0: float, fut: asyncio.Future) -> None:
+        seg.interim = None
+        if self.closed or fut.cancelled() or seg is not self.seg or seg.end is not None:
+            return
+        try:
+            out = fut.result()
+        except StageFailed:
+            return
+        now = self.ctx.clock()
+        m = self.stage.metrics
+        if out.skipped:
+            m.budget_violations.labels("asr_partial", "skip").inc()
+            self.ctx.emit({"type": "budget", "stage": "asr_partial", "budget_ms": self.opts["budget_partial_ms"],
+                           "observed_ms": round((now - t0) * 1000, 1), "action": "skip"}, True)
+            return
+        m.stage_latency.labels("asr_partial").observe(now - t0)
+        words = out.value.text.split()
+        norm = [_norm(w) for w in words]
+        common = 0
+        for a, b in zip(seg.prev_words, norm):
+            if a != b:
+                break
+            common += 1
+        n_stable = len(seg.stable)
+        agrees = norm[:n_stable] == [_norm(w) for w in seg.stable]
+        if agrees:
+            seg.stable = words[:max(n_stable, common)]          # stable words keep growing, never shrink
+        seg.prev_words = norm
+        shown = seg.stable + words[len(seg.stable):]
+        unstable = shown[len(seg.stable):]
+        self.ctx.emit({"type": "transcript_interim", "stage": "asr",
+                       "text": " ".join(shown), "stable_text": " ".join(seg.stable),
+                       "unstable_text": " ".join(unstable),
+                       "stability": round(len(seg.stable) / len(shown), 3) if shown else 1.0,
+                       **self.ctx.position("start", seg.start), **self.ctx.position("end", end),
+                       "latency": latency(out.queue_s, out.compute_s, now - t0), **self._stream_pos()}, True)
+
+    # -- finals --------------------------------------------------------------------------------------
+    def _split(self, end: int) -> None:
+        seg = self.seg
+        assert seg is not None
+        lo = seg.start + int((end - seg.start) * 0.6)
+        x = self.ctx.ring.read(lo, end)
+        hop = 1600
+        energies = [float(np.mean(x[i:i + hop] ** 2)) for i in range(0, len(x) - hop + 1, hop // 2)]
+        cut = lo + (int(np.argmin(energies)) * hop // 2 + hop // 2 if energies else len(x) // 2)
+        command = seg.command
+        self._close(cut, "max_length")
+        self.seg = _Segment(cut, self.ctx.clock())
+        self.seg.command = command
+
+    def _close(self, end: int, reason: str) -> None:
+        seg = self.seg
+        if seg is None:
+            return
+        self.seg = None
+        end = max(end, seg.start)
+        seg.end = end
+        if seg.interim is not None:
+            seg.interim.cancel()
+        if not seg.command:
+            if self.opts["mode"] == "after_wakeword":       # may still turn out to follow a wake word
+                self.recent = (self.recent + [(seg.start, end)])[-4:]
+            return
+        if end - seg.start < 1600:                          # under 100 ms: nothing to say
+            return
+        t0 = self.ctx.clock()
+        if seg.speculative is not None and seg.speculative[0] == end:
+            fut, t0 = seg.speculative[1], t0
+            spec = True
+        else:
+            audio = self.ctx.ring.read(seg.start, end)
+            fut = self.sched.submit(audio, deadline=t0 + self.opts["budget_final_ms"] / 1000.0, policy=RUN_LATE,
+                                    weight=len(audio) / 16000)
+            spec = False
+        prev = self.final_tail
+        task = asyncio.ensure_future(self._deliver(seg, end, reason, fut, prev, t0, spec))
+        self.final_tail = task
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _deliver(self, seg, end, reason, fut, prev, t0, speculative) -> None:
+        try:
+            out = await fut
+        except (StageFailed, asyncio.CancelledError) as exc:
+            out = None
+            err = exc
+        if prev is not None:
+            await asyncio.shield(prev)
+        if self.closed:
+            return
+        now = self.ctx.clock()
+        if out is None:
+            self.ctx.emit({"type": "error", "code": "stage_failed", "message": f"asr final: {err!r}",
+                           "fatal": False, "fault": "server"}, False)
+            return
+        m = self.stage.metrics
+        m.stage_latency.labels("asr_final").observe(now - t0)
+        if self.stage.admission is not None:
+            self.stage.admission.cost_model("asr").observe(out.compute_s * out.share, max(0.1, (end - seg.start) / 16000))
+        budget = self.opts["budget_final_ms"] / 1000.0
+        if now - t0 > budget:
+            m.budget_violations.labels("asr_final", "late").inc()
+            self.ctx.emit({"type": "budget", "stage": "asr_final", "budget_ms": self.opts["budget_final_ms"],
+                           "observed_ms": round((now - t0) * 1000, 1), "action": "late"}, True)
+        if not out.value.text:
+            return                                          # nothing recognised (noise): no final
+        if self.opts["mode"] == "after_wakeword":
+            self.armed_from = None                          # command heard: back to listening
+        final_id = self.final_seq                           # ids count delivered finals: 0, 1, 2, ...
+        self.final_seq += 1
+        self.ctx.emit({"type": "transcript", "stage": "asr", "final": True, "id": final_id,
+                       "text": out.value.text, "reason": reason, "speculative": speculative,
+                       **self.ctx.position("start", seg.start), **self.ctx.position("end", end),
+                       "latency": latency(out.queue_s, out.compute_s, now - t0), **self._stream_pos()}, False)
+
+    def _stream_pos(self) -> dict:
+        pos = self.ctx.ring.end
+        return {"stream_ms": round(pos / 16.0, 3), "stream_sample": int(round(pos * self.ctx.input_rate / 16000))}
+
+    async def _drain(self) -> None:
+        while self.pending:
+            await asyncio.gather(*list(self.pending), return_exceptions=True)
+
+    async def flush(self) -> None:
+        if self.seg is not None:
+            self._close(self.ctx.ring.end, "flush")
+        await self._drain()
+
+    async def finish(self) -> None:
+        if self.seg is not None:
+            self._close(self.ctx.ring.end, "stop")
+        await self._drain()
+
+    def close(self) -> None:
+        self.closed = True
+        for t in list(self.pending):
+            t.cancel()

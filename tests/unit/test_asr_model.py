@@ -1,0 +1,77 @@
+"""Moonshine through our engines: tokenizer, .ort/.onnx parity, transcripts of real speech."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from voxserve.engines.factory import create_engine
+from voxserve.engines.ort_to_onnx import converted, ort_to_onnx
+from voxserve.server.asr.moonshine import MoonshineModel, _looping, model_dir
+from voxserve.server.asr.tokenizer import Tokenizer
+
+from ..conftest import shared_or_skip
+
+
+@pytest.fixture(scope="module")
+def model():
+    return MoonshineModel()
+
+
+def test_tokenizer_round_trip():
+    tok = Tokenizer.load(model_dir() / "tokenizer.bin")
+    assert len(tok) == 32000 and tok.decode([tok.bos, tok.eos]) == ""
+    for text in ("Ever tried. Ever failed.", "six times ten equals sixty, not 600000 — café 12%"):
+        ids = tok.encode(text)
+        assert all(0 <= i < len(tok) for i in ids)
+        assert tok.decode(ids) == text
+
+
+def test_converted_graphs_are_standard_onnx_and_match_the_ort_originals():
+    d = model_dir()
+    for name in ("encoder_model.ort", "decoder_model_merged.ort"):
+        m = ort_to_onnx(d / name)
+        domains = {n.domain or "ai.onnx" for n in m.graph.node}
+        for n in m.graph.node:
+            for a in n.attribute:
+                if a.type == 5:
+                    domains |= {x.domain or "ai.onnx" for x in a.g.node}
+        assert domains == {"ai.onnx"}, domains
+    rng = np.random.default_rng(0)
+    audio = (rng.standard_normal((1, 32000)) * 0.05).astype(np.float32)
+    enc_ort = create_engine(d / "encoder_model.ort", "onnxruntime-cpu")
+    enc_onnx = create_engine(converted(d / "encoder_model.ort"), "onnxruntime-cpu")
+    h1 = enc_ort.infer({"input_values": audio})["last_hidden_state"]
+    h2 = enc_onnx.infer({"input_values": audio})["last_hidden_state"]
+    np.testing.assert_allclose(h1, h2, atol=1e-3, rtol=1e-3)
+    dec_ort = create_engine(d / "decoder_model_merged.ort", "onnxruntime-cpu")
+    dec_onnx = create_engine(converted(d / "decoder_model_merged.ort"), "onnxruntime-cpu")
+    feeds = {s.name: np.zeros((1, 8, 1, 52), np.float32) for s in dec_ort.inputs if s.name.startswith("past")}
+    feeds.update(encoder_hidden_states=h1, input_ids=np.array([[1]], np.int64), use_cache_branch=np.array([False]))
+    l1 = dec_ort.infer(feeds)["logits"]
+    l2 = dec_onnx.infer(feeds)["logits"]
+    np.testing.assert_allclose(l1, l2, atol=1e-2, rtol=1e-3)
+    assert l1[0, -1].argmax() == l2[0, -1].argmax()
+
+
+def test_transcribes_real_speech(model):
+    x, rate = sf.read(shared_or_skip("eval", "speech", "moonshine-test-assets", "beckett.wav"), dtype="float32")
+    assert rate == 16000
+    text = model.transcribe([x])[0].text.lower()
+    for word in ("ever", "tried", "failed", "matter", "better"):
+        assert word in text, text
+
+
+def test_equal_lengths_batch_like_singles(model):
+    x, _ = sf.read(shared_or_skip("eval", "speech", "moonshine-test-assets", "beckett.wav"), dtype="float32")
+    a, b = x[:48000], x[48000:96000]
+    batched = model.transcribe([a, b])
+    assert [h.text for h in batched] == [model.transcribe([a])[0].text, model.transcribe([b])[0].text]
+
+
+def test_loop_guard_cuts_repeats_but_keeps_real_repetition():
+    t = [9, 1, 2, 3, 4, 1, 2, 3, 4]
+    assert _looping(t) and t == [9, 1, 2, 3, 4]
+    t = [7, 7]
+    assert not _looping(t) and t == [7, 7]            # "five five"
+    t = [7, 7, 7]
+    assert _looping(t) and t == [7]
