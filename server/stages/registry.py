@@ -12,4 +12,7 @@ def create_stage(name: str, settings: Any, metrics: Any, admission: Any = None):
     if name == "asr":
         from .asr import AsrStage
         return AsrStage(settings, metrics, admission)
-    raise ValueError(f"unknown pipeline {name!r} in settings (known: vad, wakeword, asr)")
+    if name == "vc":
+        from .vc import VcStage
+        return VcStage(settings, metrics, admission)
+    raise ValueError(f"unknown pipeline {name!r} in settings (known: vad, wakeword, asr, vc)")

@@ -1,0 +1,77 @@
+"""Voice conversion through a real server: audio events, alignment, chunking invariance, updates."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from voxserve.clients.client import VoxClient
+
+from ..conftest import start_server
+from .helpers import resampled_source, stream
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def vc_server(tmp_path_factory):
+    srv = start_server(tmp_path_factory.mktemp("vc"), "--pipelines", "vad,vc", "--log-format", "text",
+                       "--max-frames-per-second", "2000", "--frame-burst", "10000", "--no-admission")
+    yield srv
+    srv.stop()
+
+
+def audio_out(res):
+    evs = res.of_type("audio")
+    assert [e["seq"] for e in evs] == list(range(len(evs)))
+    for a, b in zip(evs, evs[1:]):
+        assert a["end_sample"] == b["start_sample"] or abs(a["end_ms"] - b["start_ms"]) < 1e-6
+    return np.concatenate([np.frombuffer(e["pcm"], "<i2") for e in evs]), evs
+
+
+def test_output_aligned_same_length_and_chunking_invariant(vc_server, jfk_path):
+    src = resampled_source(jfk_path, 16000)
+    ref, evs = audio_out(stream(vc_server.url, src, pipelines=["vc"], speed=0, frame_ms=100,
+                                options={"vc": {"semitones": -4.0}}))
+    assert len(ref) == len(src.data) // 2 and evs[-1]["end_ms"] == pytest.approx(len(ref) / 16)
+    for ms in (10, 1000):
+        got, _ = audio_out(stream(vc_server.url, src, pipelines=["vc"], speed=0, frame_ms=ms,
+                                  options={"vc": {"semitones": -4.0}}))
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_output_rate_and_realtime_latency(vc_server, jfk_path):
+    src = resampled_source(jfk_path, 48000)
+    cut = type(src)(src.data[: 48000 * 2 * 3], 48000, 1, "s16le")
+    res = stream(vc_server.url, cut, pipelines=["vc"], speed=1.0, frame_ms=20, output_sample_rate=24000)
+    pcm, evs = audio_out(res)
+    assert all(e["sample_rate"] == 24000 and e["converted"] for e in evs)
+    assert len(pcm) == 24000 * 3
+    lat = sorted(e["latency"]["total_ms"] for e in evs)
+    assert lat[len(lat) // 2] < 40.0, lat                              # median, loose: CI machines are noisy
+
+
+def test_silence_returns_silence(vc_server):
+    from voxserve.clients.audiofile import pcm_from_array
+    pcm, _ = audio_out(stream(vc_server.url, pcm_from_array(np.zeros(16000), 16000), pipelines=["vc"], speed=0,
+                              frame_ms=100))
+    assert len(pcm) == 16000 and not pcm.any()
+
+
+def test_update_mid_stream(vc_server, jfk_path):
+    src = resampled_source(jfk_path, 16000)
+    frames = list(src.frames(20))
+
+    async def go():
+        async with VoxClient.connect(vc_server.url) as c:
+            await c.start(sample_rate=16000, pipelines=["vc"], options={"vc": {"semitones": 0.0}})
+            for i, f in enumerate(frames[:150]):
+                if i == 75:
+                    await c.update({"vc": {"semitones": 7.0, "gain_db": -6.0}})
+                await c.send_audio(f)
+            await c.stop()
+            return [e async for e in c.events()]
+    evs = asyncio.run(go())
+    assert any(e["type"] == "updated" for e in evs)
+    pcm = np.concatenate([np.frombuffer(e["pcm"], "<i2") for e in evs if e["type"] == "audio"])
+    assert len(pcm) == 150 * 320
