@@ -6,7 +6,19 @@ VENV ?= .venv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup setup-dev serve test bench-transport clean
+.PHONY: setup system-deps serve test bench-transport clean
+
+# Debian programs the tests use: chromium (browser client test), espeak-ng + flite (wakeword training
+# and evaluation), sox. Installed when missing and we are root; otherwise those tests skip with a reason.
+SYSTEM_DEPS = chromium espeak-ng flite sox
+system-deps:
+	@missing=""; for p in chromium espeak-ng flite sox; do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing:$$missing"; (apt-get install -y -q $(SYSTEM_DEPS) >/dev/null 2>&1 || \
+	      (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(SYSTEM_DEPS) >/dev/null 2>&1)) || \
+	      echo "could not install$$missing: the tests that need them will skip"; \
+	  else echo "missing$$missing (not root): the tests that need them will skip"; fi; fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,7 +34,7 @@ serve: setup
 	$(VENV)/bin/voxserve serve --host $(HOST) --port $(PORT) --log-format text
 
 # pytest exit 5 means "no tests collected": for this project that is always a broken checkout, so fail.
-test: setup
+test: setup system-deps
 	@$(VENV)/bin/python -m pytest -q -ra tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as failure"; exit 1; fi; exit $$rc
 

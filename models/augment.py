@@ -51,3 +51,35 @@ def augment(rng: np.random.Generator, x: np.ndarray, noises: list[np.ndarray] | 
     y = y * 10 ** (rng.uniform(-18, 3) / 20)
     peak = np.max(np.abs(y)) if y.size else 0
     return (y / peak * 0.99 if peak > 0.99 else y).astype(np.float32)
+
+
+class VoiceShifter:
+    """Offline pitch/formant shifting with the project's own shifter (the shipped ONNX graph), for
+    speaker diversity in training data. Output is aligned with and as long as the input."""
+
+    def __init__(self) -> None:
+        from voxserve.engines.factory import create_engine
+        from voxserve.server.stages.vc import model_path
+
+        self.engine = create_engine(model_path(), "onnxruntime-cpu")
+
+    def __call__(self, x: np.ndarray, semitones: float, formant: float) -> np.ndarray:
+        n_fft, hop, k = 512, 128, 2
+        delay = n_fft - hop
+        n = len(x) + delay
+        blocks = -(-n // (hop * k))
+        buf = np.concatenate([np.zeros(n_fft - hop, np.float32), x.astype(np.float32),
+                              np.zeros(blocks * hop * k - len(x) + hop, np.float32)])
+        state = {"prev_phase": np.zeros((1, 257), np.float32), "synth_phase": np.zeros((1, 257), np.float32),
+                 "ola": np.zeros((1, delay), np.float32), "prev_gain": np.ones((1, 1), np.float32)}
+        out = []
+        for b in range(blocks):
+            s = b * hop * k
+            frames = np.stack([buf[s + i * hop: s + i * hop + n_fft] for i in range(k)])[None]
+            o = self.engine.infer({"frames": frames, "semitones": np.array([[semitones]], np.float32),
+                                   "formant": np.array([[formant]], np.float32),
+                                   "gain_db": np.zeros((1, 1), np.float32), **state})
+            state = {"prev_phase": o["next_prev_phase"], "synth_phase": o["next_synth_phase"],
+                     "ola": o["next_ola"], "prev_gain": o["next_prev_gain"]}
+            out.append(o["audio"][0])
+        return np.concatenate(out)[delay:delay + len(x)]

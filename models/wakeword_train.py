@@ -2,8 +2,9 @@
 
 Data (all generated here, nothing downloaded; seeds fixed):
 - positives: the phrase spoken by random TTS voices (espeak-ng voice x variant x rate x pitch, and flite
-  voices when installed), each augmented (reverb, noise, gain) and placed at the end of a stream of
-  2.4 s with a low noise floor before it, as a live stream would deliver it;
+  voices when installed), half of them re-pitched and given another vocal-tract length by the
+  project's own shifter (``models/pitch_shift.py``: -5..+8 semitones, formants -3..+5), each augmented
+  (reverb, noise, gain) and placed at the end of a stream of 2.4 s with a low noise floor before it;
 - adversarial negatives: near-miss phrases (``hey jarvi``, ``hey travis``, ``jarvis`` alone, ...), the
   phrase's words apart, augmented the same way;
 - ordinary speech: random sentences from a 600-word vocabulary, concatenated into long streams and cut
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tts
-from .augment import augment, colored_noise
+from .augment import VoiceShifter, augment, colored_noise
 
 log = logging.getLogger("voxserve.wakeword.train")
 
@@ -63,9 +64,9 @@ def near_phrases(phrase: str) -> list[str]:
 @dataclass
 class TrainConfig:
     phrase: str
-    positives: int = 1600
-    adversarial: int = 1200
-    sentences: int = 500
+    positives: int = 2400
+    adversarial: int = 1600
+    sentences: int = 600
     noise_streams: int = 60
     epochs: int = 30
     seed: int = 1234
@@ -126,14 +127,22 @@ def build_dataset(cfg: TrainConfig, fx: FeatureExtractor) -> tuple[np.ndarray, n
         return tts.voice_pool(rnd, n, variants=TRAIN_VARIANTS, flite_voices=TRAIN_FLITE)
 
     t0 = time.time()
+    shifter = VoiceShifter()
+
+    def diversify(clip: np.ndarray) -> np.ndarray:
+        """Half the clips get a new pitch and vocal-tract length from our own shifter (more speakers)."""
+        if rng.random() < 0.5:
+            return shifter(clip, float(rng.uniform(-5, 8)), float(rng.uniform(-3, 5)))
+        return clip
+
     pos_streams = []
     for v in voices(cfg.positives):
-        clip = tts.synth(cfg.phrase, v)
+        clip = diversify(tts.synth(cfg.phrase, v))
         pos_streams.append(place_at_end(rng, augment(rng, clip), total, int(rng.uniform(0.0, 0.16) * 16000)))
     adv = near_phrases(cfg.phrase)
     neg_streams = []
     for v in voices(cfg.adversarial):
-        clip = tts.synth(rnd.choice(adv), v)
+        clip = diversify(tts.synth(rnd.choice(adv), v))
         neg_streams.append(place_at_end(rng, augment(rng, clip), total, int(rng.uniform(0.0, 0.3) * 16000)))
     log.info("synthesised phrases", extra={"positives": len(pos_streams), "adversarial": len(neg_streams),
                                            "seconds": round(time.time() - t0, 1)})

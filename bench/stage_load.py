@@ -1,0 +1,133 @@
+"""Real-time load on one pipeline: N streams of real speech at real-time pace against a real server.
+
+Reports, per stream count: server CPU (cores), the stage's server-reported result latency
+(``latency.total_ms``: from the arrival of the audio that completed the work to the event) p50/p99,
+client-measured latency (event arrival minus the send time of the frame whose arrival produced it),
+budget events and errors. Load comes from this process; the server is a separate ``voxserve serve``.
+
+    python bench/stage_load.py --pipeline vc --streams 20 50 --seconds 20 [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import psutil
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import percentiles, record, speech_16k, start_server  # noqa: E402
+
+FRAME_MS = 20
+FRAME = 16 * FRAME_MS
+RESULT_TYPES = {"vc": "audio", "wakeword": "wakeword", "asr": "transcript", "vad": "vad"}
+
+
+async def one(url, pipeline, options, pcm, seconds, delay, out):
+    await asyncio.sleep(delay)
+    n = int(seconds * 1000 / FRAME_MS)
+    fb = FRAME * 2
+    total = len(pcm) // fb
+    sent = np.zeros(n + 1)
+    want = RESULT_TYPES[pipeline]
+    async with websockets.connect(url, subprotocols=["voxserve.v1.msgpack"], compression=None, max_size=None) as ws:
+        await ws.send(msgpack.packb({"type": "start", "sample_rate": 16000, "pipelines": [pipeline],
+                                     "options": {pipeline: options} if options else {}}))
+        ready = msgpack.unpackb(await ws.recv())
+        if ready.get("type") != "ready":
+            out["refused"] += 1
+            return
+
+        async def reader():
+            async for m in ws:
+                ev = msgpack.unpackb(m)
+                t = ev.get("type")
+                if t == want:
+                    out["server_ms"].append(ev["latency"]["total_ms"])
+                    idx = min(max(0, (ev["stream_sample"] - 1) // FRAME), n)
+                    if sent[idx]:
+                        out["client_ms"].append((time.perf_counter() - sent[idx]) * 1000)
+                    if t == "audio" and not ev.get("converted", True):
+                        out["passthrough"] += 1
+                elif t == "budget":
+                    out["budget"] += 1
+                elif t == "error":
+                    out["errors"].append(ev["code"])
+
+        rt = asyncio.create_task(reader())
+        t0 = time.perf_counter()
+        for i in range(n):
+            d = t0 + i * FRAME_MS / 1000 - time.perf_counter()
+            if d > 0:
+                await asyncio.sleep(d)
+            sent[i] = time.perf_counter()
+            j = i % total
+            await ws.send(msgpack.packb({"type": "audio", "pcm": pcm[j * fb:(j + 1) * fb]}))
+        await ws.send(msgpack.packb({"type": "stop"}))
+        await rt
+
+
+def run_level(pipeline, options, streams, seconds, extra_args):
+    x = speech_16k()
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+    proc, port = start_server(["--pipelines", f"vad,{pipeline}" if pipeline != "vad" else "vad",
+                               "--max-sessions", str(streams + 10), "--no-admission", *extra_args])
+    sp = psutil.Process(proc.pid)
+    out = {"client_ms": [], "server_ms": [], "errors": [], "budget": 0, "passthrough": 0, "refused": 0}
+    try:
+        url = f"ws://127.0.0.1:{port}/v1/stream"
+        c0, t0 = sp.cpu_times(), time.perf_counter()
+
+        async def go():
+            await asyncio.gather(*[one(url, pipeline, options, pcm, seconds, 3.0 * i / streams, out)
+                                   for i in range(streams)])
+        asyncio.run(go())
+        c1, t1 = sp.cpu_times(), time.perf_counter()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return {"streams": streams, "server_cpu_cores": round((c1.user + c1.system - c0.user - c0.system) / (t1 - t0), 3),
+            "results": len(out["server_ms"]), "server_ms": percentiles(out["server_ms"], (50, 99)),
+            "client_ms": percentiles(out["client_ms"], (50, 99)), "budget_events": out["budget"],
+            "passthrough_blocks": out["passthrough"], "errors": len(out["errors"]), "refused": out["refused"]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pipeline", default="vc", choices=sorted(RESULT_TYPES))
+    ap.add_argument("--streams", type=int, nargs="+", default=[20])
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--option", action="append", default=[], help="KEY=JSON option of the pipeline")
+    ap.add_argument("--server-arg", action="append", default=[])
+    ap.add_argument("--record", action="store_true")
+    args = ap.parse_args()
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
+    rows = [run_level(args.pipeline, options, n, args.seconds, args.server_arg) for n in args.streams]
+    print(json.dumps(rows, indent=2))
+    if args.record:
+        lines = ["| streams | server CPU (cores) | results | server latency p50/p99 ms | client latency p50/p99 ms | "
+                 "budget events | passthrough blocks | errors |", "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['streams']} | {r['server_cpu_cores']} | {r['results']} | {r['server_ms']['p50']} / "
+                         f"{r['server_ms']['p99']} | {r['client_ms']['p50']} / {r['client_ms']['p99']} | "
+                         f"{r['budget_events']} | {r['passthrough_blocks']} | {r['errors']} |")
+        opt = " ".join(f"--option {o}" for o in args.option)
+        record(f"Real-time load: {args.pipeline}", f"python bench/stage_load.py --pipeline {args.pipeline} --streams "
+               f"{' '.join(map(str, args.streams))} --seconds {args.seconds:g} {opt}".rstrip() + " --record",
+               "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+// voxserve browser client: mic capture (AudioWorklet) -> WebSocket -> events, transcript,
+// wakeword indicator, voice changer with a jitter-buffered AudioWorklet player, auto-reconnect.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const state = window.voxState = {
+  connected: false, sessionId: null, vadEvents: 0, speaking: false, wakewords: 0, interims: 0, finals: 0,
+  finalTexts: [], audioChunks: 0, played: 0, underruns: 0, errors: [], reconnects: 0, latency: {},
+};
+let ctx = null, mic = null, capture = null, player = null, ws = null;
+let wanted = false, backoff = 500, reconnectTimer = null;
+
+function wsUrl() {
+  const u = new URL(location.href);
+  const q = u.searchParams.get("ws");
+  return q || `${u.protocol === "https:" ? "wss" : "ws"}://${u.host}/v1/stream`;
+}
+function pipelines() { return [...document.querySelectorAll("#pipes input:checked")].map((i) => i.value); }
+function vcOptions() { return { semitones: parseFloat($("pitch").value), formant: parseFloat($("formant").value) }; }
+function showError(msg) { const e = $("error"); e.textContent = msg; e.hidden = !msg; }
+function setConn(text, on) { $("conn").textContent = text; $("conn").className = "pill " + (on ? "on" : "off"); }
+
+async function startAudio() {
+  ctx = new AudioContext({ latencyHint: "interactive" });
+  await ctx.audioWorklet.addModule("capture-worklet.js");
+  await ctx.audioWorklet.addModule("playback-worklet.js");
+  mic = await navigator.mediaDevices.getUserMedia({
+    audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
+  const src = ctx.createMediaStreamSource(mic);
+  capture = new AudioWorkletNode(ctx, "capture-processor");
+  capture.port.onmessage = (e) => sendPcm(e.data);
+  src.connect(capture);
+  player = new AudioWorkletNode(ctx, "playback-processor", { processorOptions: { targetMs: 80 }, outputChannelCount: [1] });
+  player.port.onmessage = (e) => {
+    state.played = e.data.played; state.underruns = e.data.underruns;
+    $("buffer").textContent = Math.round(e.data.level / ctx.sampleRate * 1000);
+    $("underruns").textContent = e.data.underruns;
+  };
+  player.connect(ctx.destination);
+}
+
+function sendPcm(f32) {
+  if (!ws || ws.readyState !== WebSocket.OPEN || !state.sessionId) return;
+  const pcm = new Int16Array(f32.length);
+  for (let i = 0; i < f32.length; i++) { const v = Math.max(-1, Math.min(1, f32[i])); pcm[i] = v < 0 ? v * 32768 : v * 32767; }
+  ws.send(pcm.buffer);
+}
+
+function connect() {
+  clearTimeout(reconnectTimer);
+  setConn("connecting", false);
+  ws = new WebSocket(wsUrl(), ["voxserve.v1.msgpack"]);
+  ws.binaryType = "arraybuffer";
+  ws.onopen = () => {
+    backoff = 500;
+    ws.send(JSON.stringify({ type: "start", sample_rate: ctx.sampleRate, encoding: "s16le", channels: 1,
+      pipelines: pipelines(), options: pipelines().includes("vc") ? { vc: vcOptions() } : {},
+      output_sample_rate: ctx.sampleRate, binary_frames: "pcm", client: "browser" }));
+  };
+  ws.onmessage = (m) => handle(typeof m.data === "string" ? JSON.parse(m.data) : msgpackDecode(new Uint8Array(m.data)));
+  ws.onclose = (e) => {
+    state.connected = false; state.sessionId = null;
+    setConn(`closed ${e.code}`, false);
+    if (wanted && e.code !== 1000) {                  // automatic reconnect with exponential backoff
+      state.reconnects++;
+      reconnectTimer = setTimeout(connect, backoff);
+      backoff = Math.min(backoff * 2, 10000);
+    }
+  };
+}
+
+function latencyRow(stage, lat) {
+  state.latency[stage] = lat;
+  const body = $("latency").tBodies[0];
+  let row = body.querySelector(`tr[data-stage="${stage}"]`);
+  if (!row) { row = body.insertRow(); row.dataset.stage = stage; for (let i = 0; i < 4; i++) row.insertCell(); row.cells[0].textContent = stage; }
+  row.cells[1].textContent = lat.total_ms.toFixed(1);
+  row.cells[2].textContent = lat.queue_ms.toFixed(1);
+  row.cells[3].textContent = lat.compute_ms.toFixed(1);
+}
+
+function handle(ev) {
+  if (ev.latency) latencyRow(ev.type === "transcript" ? "asr final" : ev.type === "transcript_interim" ? "asr interim" : (ev.stage || ev.type), ev.latency);
+  switch (ev.type) {
+    case "ready":
+      state.connected = true; state.sessionId = ev.session_id; showError("");
+      setConn("streaming", true); $("session").textContent = "session " + ev.session_id.slice(0, 8);
+      break;
+    case "vad":
+      state.vadEvents++; state.speaking = ev.event === "speech_start";
+      $("vad").textContent = state.speaking ? "speech" : "silence"; $("vad").className = "pill " + (state.speaking ? "on" : "off");
+      break;
+    case "wakeword":
+      state.wakewords++;
+      $("wake").textContent = `${ev.name} (${ev.score.toFixed(2)})`; $("wake").className = "pill wake";
+      setTimeout(() => { $("wake").className = "pill off"; }, 1500);
+      break;
+    case "transcript_interim": {
+      state.interims++;
+      const el = $("interim"); el.textContent = "";
+      const s = document.createElement("span"); s.className = "stable"; s.textContent = ev.stable_text;
+      el.append(s, document.createTextNode((ev.stable_text ? " " : "") + ev.unstable_text));
+      break;
+    }
+    case "transcript": {
+      state.finals++; state.finalTexts.push(ev.text);
+      const d = document.createElement("div"); d.className = "final"; d.textContent = ev.text;
+      $("finals").append(d); $("interim").textContent = "";
+      break;
+    }
+    case "audio": {
+      state.audioChunks++; $("chunks").textContent = state.audioChunks;
+      if (!$("monitor").checked || !player) break;
+      const b = ev.pcm; const i16 = new Int16Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+      const f = new Float32Array(i16.length); for (let i = 0; i < i16.length; i++) f[i] = i16[i] / 32768;
+      player.port.postMessage(f, [f.buffer]);
+      break;
+    }
+    case "error":
+      state.errors.push(ev.code); showError(`${ev.code}: ${ev.message}${ev.fatal ? " (fatal)" : ""}`);
+      break;
+  }
+}
+
+function sendUpdate() {
+  $("pitchv").textContent = (parseFloat($("pitch").value) > 0 ? "+" : "") + $("pitch").value;
+  $("formantv").textContent = $("formant").value;
+  if (ws && ws.readyState === WebSocket.OPEN && state.sessionId && pipelines().includes("vc"))
+    ws.send(JSON.stringify({ type: "update", options: { vc: vcOptions() } }));
+}
+$("pitch").addEventListener("input", sendUpdate);
+$("formant").addEventListener("input", sendUpdate);
+
+$("start").onclick = async () => {
+  try {
+    wanted = true; $("start").disabled = true; $("stop").disabled = false;
+    if (!ctx) await startAudio();
+    await ctx.resume();
+    connect();
+  } catch (err) { showError(String(err)); $("start").disabled = false; }
+};
+$("stop").onclick = () => {
+  wanted = false; $("start").disabled = false; $("stop").disabled = true;
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "stop" }));
+};

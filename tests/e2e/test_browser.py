@@ -1,0 +1,69 @@
+"""The browser client in a real headless Chromium, with a real recording as the fake microphone.
+
+Asserts that, inside the page, VAD events arrive, a transcript is shown, and converted audio is
+played back through the jitter-buffered AudioWorklet; saves a screenshot to bench/out/browser.png.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ..conftest import REPO, free_port, shared_or_skip, start_server
+from .cdp import Browser, find_chromium
+from .helpers import resampled_source
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    exe = find_chromium()
+    if exe is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    return exe
+
+
+def fake_mic(tmp_path: Path) -> Path:
+    jfk = shared_or_skip("eval", "speech", "openai-whisper", "jfk.flac")
+    src = resampled_source(jfk, 48000)
+    x = np.frombuffer(src.data, "<i2")
+    silence = np.zeros(48000, np.int16)
+    path = tmp_path / "mic.wav"
+    sf.write(path, np.concatenate([silence, x, silence, silence]), 48000, subtype="PCM_16")
+    return path
+
+
+def test_browser_client_end_to_end(tmp_path, chromium):
+    srv = start_server(tmp_path, "--pipelines", "vad,asr,vc", "--log-format", "text", "--no-admission")
+    browser = Browser(chromium, tmp_path / "profile", free_port(), fake_mic(tmp_path))
+    try:
+        browser.navigate(srv.http + "/")
+        assert browser.evaluate("document.title") == "voxserve"
+        browser.evaluate("document.querySelector('#pipes input[value=vc]').checked = true;"
+                         "document.querySelector('#pipes input[value=wakeword]').checked = false; true")
+        browser.evaluate("document.getElementById('start').click(); true", gesture=True)
+        deadline = time.time() + 60
+        state = {}
+        while time.time() < deadline:
+            state = browser.evaluate("JSON.stringify(window.voxState)")
+            state = json.loads(state)
+            if state["finals"] >= 1 and state["played"] > 48000 and state["vadEvents"] >= 2:
+                break
+            time.sleep(0.5)
+        out = REPO / "bench" / "out"
+        out.mkdir(parents=True, exist_ok=True)
+        browser.screenshot(out / "browser.png")
+        assert state["connected"] and state["vadEvents"] >= 2, state
+        assert state["finals"] >= 1 and any("country" in t.lower() or "americans" in t.lower()
+                                            for t in state["finalTexts"]), state
+        assert state["audioChunks"] > 10 and state["played"] > 48000, state          # > 1 s of converted audio played
+        assert "vc" in state["latency"] and not state["errors"], state
+        html = browser.evaluate("document.getElementById('finals').textContent")
+        assert html.strip()
+    finally:
+        browser.close()
+        srv.stop()
