@@ -140,7 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--raw-rate", type=int, default=16000)
     s.add_argument("--raw-encoding", choices=("s16le", "f32le"), default="s16le")
     s.add_argument("--raw-channels", type=int, default=1)
+    m = sub.add_parser("mic", help="stream the microphone (arecord, a capture command, or sounddevice)")
+    m.add_argument("--url", default="ws://127.0.0.1:8000/v1/stream")
+    m.add_argument("--pipelines", default="vad,wakeword")
+    m.add_argument("--options", help='per-pipeline options as JSON, e.g. {"asr": {"mode": "after_wakeword"}}')
+    m.add_argument("--rate", type=int, default=16000)
+    m.add_argument("--frame-ms", type=float, default=20.0)
+    m.add_argument("--device", help="ALSA capture device for arecord (-D)")
+    m.add_argument("--capture-cmd", help="command writing raw s16le mono at --rate to stdout")
+    m.add_argument("--play-cmd", help="command reading raw s16le mono at --rate (converted audio)")
+    m.add_argument("--no-playback", action="store_true")
+    m.add_argument("--on-wakeword", help="shell command run on each wake word ($VOXSERVE_WAKEWORD = name)")
+    m.add_argument("--json", action="store_true")
+    m.add_argument("--no-reconnect", action="store_true")
     args = p.parse_args(argv)
+    if args.command == "mic":
+        from .device import main_mic
+        return main_mic(args)
     if args.command == "stream":
         if not (10 <= args.frame_ms <= 1000):
             print("voxserve-client: --frame-ms must be 10..1000", file=sys.stderr)

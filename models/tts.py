@@ -69,11 +69,11 @@ def voice_pool(rng: random.Random, n: int, *, espeak_voices=ESPEAK_VOICES, varia
     use_flite = have_flite() and flite_voices
     for _ in range(n):
         if use_flite and rng.random() < flite_share:
-            pool.append(Voice("flite", rng.choice(flite_voices), rng.uniform(0.8, 1.3), rng.uniform(80, 260)))
+            pool.append(Voice("flite", rng.choice(flite_voices), rng.uniform(0.8, 1.3), rng.uniform(80, 220)))
         else:
             v = rng.choice(espeak_voices)
             var = rng.choice(variants)
-            pool.append(Voice("espeak", f"{v}+{var}" if var else v, rng.uniform(110, 210), rng.uniform(10, 95)))
+            pool.append(Voice("espeak", f"{v}+{var}" if var else v, rng.uniform(110, 210), rng.uniform(20, 80)))
     return pool
 
 

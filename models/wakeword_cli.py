@@ -20,12 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("train", help="train a head from synthetic speech")
     t.add_argument("phrase")
     t.add_argument("--out", required=True, type=Path, help="output .onnx (a .json with metadata is written beside)")
-    t.add_argument("--positives", type=int, default=2400)
-    t.add_argument("--adversarial", type=int, default=1600)
-    t.add_argument("--sentences", type=int, default=600)
+    t.add_argument("--positives", type=int, default=1600)
+    t.add_argument("--adversarial", type=int, default=1200)
+    t.add_argument("--sentences", type=int, default=500)
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--seed", type=int, default=1234)
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--repitch", type=float, default=0.0, help="share of clips re-pitched by our shifter (0-1)")
     e = sub.add_parser("eval", help="FRR / false accepts per hour report with a DET curve")
     e.add_argument("model", type=Path)
     e.add_argument("--phrase", required=True)
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         from .wakeword_train import TrainConfig, train
 
         cfg = TrainConfig(args.phrase, positives=args.positives, adversarial=args.adversarial,
-                          sentences=args.sentences, epochs=args.epochs, seed=args.seed, threads=args.threads)
+                          sentences=args.sentences, epochs=args.epochs, seed=args.seed, threads=args.threads,
+                          repitch=args.repitch)
         print(json.dumps(train(cfg, args.out)))
         return 0
     from .wakeword_eval import evaluate

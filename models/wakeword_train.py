@@ -2,9 +2,9 @@
 
 Data (all generated here, nothing downloaded; seeds fixed):
 - positives: the phrase spoken by random TTS voices (espeak-ng voice x variant x rate x pitch, and flite
-  voices when installed), half of them re-pitched and given another vocal-tract length by the
-  project's own shifter (``models/pitch_shift.py``: -5..+8 semitones, formants -3..+5), each augmented
-  (reverb, noise, gain) and placed at the end of a stream of 2.4 s with a low noise floor before it;
+  voices when installed), optionally (``--repitch``) re-pitched and given another vocal-tract length by
+  the project's own shifter (``models/pitch_shift.py``), each augmented (reverb, noise, gain) and
+  placed at the end of a stream of 2.4 s with a low noise floor before it;
 - adversarial negatives: near-miss phrases (``hey jarvi``, ``hey travis``, ``jarvis`` alone, ...), the
   phrase's words apart, augmented the same way;
 - ordinary speech: random sentences from a 600-word vocabulary, concatenated into long streams and cut
@@ -64,13 +64,14 @@ def near_phrases(phrase: str) -> list[str]:
 @dataclass
 class TrainConfig:
     phrase: str
-    positives: int = 2400
-    adversarial: int = 1600
-    sentences: int = 600
+    positives: int = 1600
+    adversarial: int = 1200
+    sentences: int = 500
     noise_streams: int = 60
     epochs: int = 30
     seed: int = 1234
     threads: int = 2
+    repitch: float = 0.0       # share of phrase clips re-pitched by our own shifter (0 for the shipped model)
 
 
 def place_at_end(rng: np.random.Generator, clip: np.ndarray, total: int, tail: int) -> np.ndarray:
@@ -127,11 +128,11 @@ def build_dataset(cfg: TrainConfig, fx: FeatureExtractor) -> tuple[np.ndarray, n
         return tts.voice_pool(rnd, n, variants=TRAIN_VARIANTS, flite_voices=TRAIN_FLITE)
 
     t0 = time.time()
-    shifter = VoiceShifter()
+    shifter = VoiceShifter() if cfg.repitch > 0 else None
 
     def diversify(clip: np.ndarray) -> np.ndarray:
-        """Half the clips get a new pitch and vocal-tract length from our own shifter (more speakers)."""
-        if rng.random() < 0.5:
+        """``repitch`` of the clips get a new pitch and vocal-tract length from our own shifter."""
+        if shifter is not None and rng.random() < cfg.repitch:
             return shifter(clip, float(rng.uniform(-5, 8)), float(rng.uniform(-3, 5)))
         return clip
 
