@@ -14,8 +14,9 @@ Warm-up: a head is scored only once all N of its embeddings come from the stream
 on real audio and score digital silence unpredictably.
 
 VAD gating: with ``gating`` on, steps are computed only while the VAD hears speech (and for
-``gate_hangover_ms`` after). When speech starts, the last 34 steps (2.7 s) are computed first, which
-rebuilds the mel and embedding histories exactly as if nothing had been skipped, so every score
+``gate_hangover_ms`` after). When speech starts, the last 9 + N steps (N = the longest head input of
+the stream: 2.0 s for 16-embedding heads) are computed first, which rebuilds the mel and embedding
+histories exactly as if nothing had been skipped, so every score
 inside and around speech is identical to ungated detection; only steps in long silence are not scored.
 """
 
@@ -39,7 +40,7 @@ from .wakeword_model import EMB_HISTORY, MEL_WINDOW, STEP, Head, HeadError, Step
 
 log = logging.getLogger("voxserve.wakeword")
 
-BACKFILL_STEPS = 34          # rebuilds 68 mel frames (9 steps) + 25 embeddings
+MAX_BACKFILL_STEPS = 34      # rebuilds 68 mel frames (9 steps) + 25 embeddings (the longest heads)
 MAX_STEPS_PER_REQUEST = 64
 
 WAKEWORD_SCHEMA = PipelineSchema(
@@ -50,7 +51,7 @@ WAKEWORD_SCHEMA = PipelineSchema(
         Option("patience", int, 1, "consecutive 80 ms steps at or above threshold before firing", min=1, max=50),
         Option("refractory_ms", int, 2000, "after firing, the same head stays quiet this long", min=0, max=60000),
         Option("gating", bool, True, "skip the front end during long silence (VAD-gated; events unchanged)"),
-        Option("gate_hangover_ms", int, 1000, "keep scoring this long after speech ends", min=0, max=10000),
+        Option("gate_hangover_ms", int, 500, "keep scoring this long after speech ends", min=0, max=10000),
         Option("budget_ms", float, 200.0, "latency budget from audio arrival to scores", min=10.0, max=10000.0),
     ),
     doc="openWakeWord-compatible wakeword detection (shared front end, one head per wake word)",
@@ -154,6 +155,7 @@ class _FlavourState:
         self.gated_out = False         # steps were skipped by VAD gating since the last computed one
         self.next_step = 1             # the next step to decide (compute or skip)
         self.max_n = max(frontend.heads[h].n_embeddings for h in heads)
+        self.backfill = 9 + self.max_n            # steps that rebuild both histories for these heads
 
 
 class WakewordStream(StageStream):
@@ -242,7 +244,7 @@ class WakewordStream(StageStream):
             fresh_from = None
             if st.gated_out:                                 # histories are stale: rebuild them first
                 st.gated_out = False
-                first = max(st.computed + 1, st.next_step - BACKFILL_STEPS + 1)
+                first = max(st.computed + 1, st.next_step - st.backfill + 1)
                 if first > st.computed + 1:
                     fresh_from = first
             last = st.next_step
@@ -262,7 +264,7 @@ class WakewordStream(StageStream):
             fut.add_done_callback(lambda f, fl=flavour, a=first, b=last: self._done(fl, a, b, f))
 
     def _arrival(self, step: int) -> float:
-        while self.arrivals and self.arrivals[0][0] < step - BACKFILL_STEPS - MAX_STEPS_PER_REQUEST:
+        while self.arrivals and self.arrivals[0][0] < step - MAX_BACKFILL_STEPS - MAX_STEPS_PER_REQUEST:
             self.arrivals.popleft()
         for s, t in self.arrivals:
             if s >= step:
