@@ -70,6 +70,23 @@ class VoxClient:
                         pass
                 raise VoxError(ev, self.ws.close_code)
 
+    async def resume(self, session_id: str, last_eid: int) -> dict:
+        """Reattach to a dropped session; returns the ``resumed`` event (raises :class:`VoxError`)."""
+        await self.ws.send(self.conn.control("resume", session_id=session_id, last_eid=last_eid))
+        while True:
+            ev = await self.recv()
+            if ev is None:
+                raise VoxError(None, self.ws.close_code)
+            if ev.get("type") == "resumed":
+                self.session_id = ev["session_id"]
+                self.config = ev["config"]
+                return ev
+            if ev.get("type") == "error":
+                raise VoxError(ev, self.ws.close_code)
+
+    async def ack(self, eid: int) -> None:
+        await self.ws.send(self.conn.control("ack", eid=eid))
+
     async def send_audio(self, pcm: bytes, *, raw: bool = False) -> None:
         """Send PCM: as an ``audio`` message (sequence-numbered) or, if ``raw``, a bare binary frame."""
         await self.ws.send(pcm if raw else self.conn.audio(pcm, ts=time.time() * 1000.0))
@@ -112,6 +129,7 @@ class StreamResult:
     close_code: int | None = None
     close_reason: str | None = None
     ready: dict | None = None
+    resumes: int = 0
 
     @property
     def fatal(self) -> dict | None:
@@ -128,45 +146,95 @@ async def stream_source(url: str, source: PcmSource, *, pipelines: list[str] | t
                         options: dict | None = None, speed: float = 1.0, frame_ms: float = 20.0,
                         subprotocol: str = "msgpack", raw_frames: bool = False,
                         output_sample_rate: int | None = None, on_event: Callable[[dict], None] | None = None,
-                        client_name: str = "voxserve-client") -> StreamResult:
+                        client_name: str = "voxserve-client", resume: bool = True, max_reconnects: int = 8,
+                        cut_at: tuple[int, ...] = ()) -> StreamResult:
     """Stream ``source`` at ``speed`` x real time (0 = as fast as allowed), then ``stop``; collect events.
 
-    Events are read concurrently with sending, so results arrive while audio is still going out.
+    Events are read concurrently with sending. With ``resume`` (default), a dropped connection is
+    re-established with exponential backoff and the session resumed: the server says which audio
+    frame it needs next and re-sends the events it retained; events already received (same ``eid``)
+    are dropped, so nothing is lost or doubled. ``cut_at`` (frame indices) aborts the TCP connection
+    just before sending those frames: a test aid that simulates a network drop.
     """
     result = StreamResult()
-    async with VoxClient.connect(url, subprotocol=subprotocol) as client:
-        result.ready = await client.start(sample_rate=source.sample_rate, encoding=source.encoding,
-                                          channels=source.channels, pipelines=list(pipelines), options=options or {},
-                                          output_sample_rate=output_sample_rate, client=client_name)
-        if on_event:
-            on_event(result.ready)
-        if raw_frames and result.ready["config"].get("binary_frames") != "pcm":
-            raise ValueError("raw frames need binary_frames=pcm (use the json subprotocol)")
-
-        async def reader() -> None:
-            async for ev in client.events():
-                result.events.append(ev)
-                if on_event:
-                    on_event(ev)
-
-        rtask = asyncio.create_task(reader())
-        t0 = time.perf_counter()
-        sent_s = 0.0
+    frames = list(source.frames(frame_ms))
+    cuts = sorted(set(cut_at))
+    state = {"eid": -1, "session": None, "acked": -1}
+    t0 = time.perf_counter()
+    backoff = 0.2
+    attempts = 0
+    while True:
+        finished = False
         try:
-            for chunk in source.frames(frame_ms):
-                if rtask.done():
-                    break
-                await client.send_audio(chunk, raw=raw_frames)
-                sent_s += len(chunk) / source.bytes_per_frame / source.sample_rate
-                if speed > 0:
-                    delay = t0 + sent_s / speed - time.perf_counter()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-            if not rtask.done():
-                await client.stop()
-        except ConnectionClosed:
-            pass
-        await rtask
-        result.close_code = client.close_code
-        result.close_reason = client.close_reason
-    return result
+            async with VoxClient.connect(url, subprotocol=subprotocol) as client:
+                if state["session"] is None:
+                    result.ready = await client.start(
+                        sample_rate=source.sample_rate, encoding=source.encoding, channels=source.channels,
+                        pipelines=list(pipelines), options=options or {}, output_sample_rate=output_sample_rate,
+                        client=client_name)
+                    state["session"] = result.ready["session_id"]
+                    state["eid"] = result.ready.get("eid", -1)
+                    if on_event:
+                        on_event(result.ready)
+                    if raw_frames and result.ready["config"].get("binary_frames") != "pcm":
+                        raise ValueError("raw frames need binary_frames=pcm (use the json subprotocol)")
+                    next_seq = 0
+                else:
+                    resumed = await client.resume(state["session"], state["eid"])
+                    result.resumes += 1
+                    state["eid"] = max(state["eid"], resumed.get("eid", -1))
+                    if on_event:
+                        on_event(resumed)
+                    next_seq = resumed["next_seq"]
+                client.conn.seq = next_seq
+
+                async def reader() -> None:
+                    async for ev in client.events():
+                        eid = ev.get("eid")
+                        if eid is not None:
+                            if eid <= state["eid"]:
+                                continue                      # already have it (replayed after a resume)
+                            state["eid"] = eid
+                        result.events.append(ev)
+                        if on_event:
+                            on_event(ev)
+                        if resume and state["eid"] - state["acked"] >= 32:
+                            state["acked"] = state["eid"]
+                            try:
+                                await client.ack(state["eid"])
+                            except ConnectionClosed:
+                                return
+
+                rtask = asyncio.create_task(reader())
+                try:
+                    for i in range(next_seq, len(frames)):
+                        if rtask.done():
+                            break
+                        if cuts and i >= cuts[0]:
+                            cuts.pop(0)
+                            client.ws.transport.abort()            # simulated network drop
+                            break
+                        await client.send_audio(frames[i], raw=raw_frames)
+                        if speed > 0:
+                            sent_s = (i + 1) * frame_ms / 1000.0
+                            delay = t0 + sent_s / speed - time.perf_counter()
+                            if delay > 0:
+                                await asyncio.sleep(delay)
+                    else:
+                        if not rtask.done():
+                            await client.stop()
+                except ConnectionClosed:
+                    pass
+                await rtask
+                result.close_code = client.close_code
+                result.close_reason = client.close_reason
+                finished = result.close_code is not None and (result.close_code == 1000 or result.fatal is not None)
+        except (ConnectionClosed, OSError) as exc:
+            if state["session"] is None:
+                raise
+            result.close_code, result.close_reason = 1006, str(exc)
+        if finished or not resume or state["session"] is None or attempts >= max_reconnects:
+            return result
+        attempts += 1
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 5.0)

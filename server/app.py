@@ -26,7 +26,7 @@ from .outbox import Outbox
 from .protocol import SUBPROTOCOLS, codec_for_subprotocol
 from .protocol.connection import ConnectionLimits, ServerConnection
 from .protocol.errors import Close, ErrorCode, ProtocolError
-from .protocol.messages import ENCODINGS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, PROTOCOL_VERSION, Ack, AudioIn, Flush, \
+from .protocol.messages import ENCODINGS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, PROTOCOL_VERSION, Ack, AudioIn, Flush, Resume, \
     Start, Stop, Update
 from .session import Session
 from .settings import Settings
@@ -50,6 +50,7 @@ class VoxServer:
         for name, st in self.stages.items():
             self.admission.register(name, list(getattr(st, "schedulers", {}).values()))
         self.handlers: set[StreamHandler] = set()
+        self.detached: dict[str, Session] = {}        # dropped streams kept for resume
         self.ready = False
         self.draining = False
         self.started_at = time.time()
@@ -80,6 +81,8 @@ class VoxServer:
             log.info("draining streams", extra={"streams": len(handlers)})
         for h in handlers:
             h.terminate(ProtocolError(ErrorCode.SHUTTING_DOWN, "server is shutting down; reconnect elsewhere"))
+        for sid in list(self.detached):
+            self.detached.pop(sid).close()
         if handlers:
             await asyncio.wait([h.done for h in handlers], timeout=self.settings.drain_timeout_s)
 
@@ -88,6 +91,12 @@ class VoxServer:
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
+            for sid, sess in list(self.detached.items()):
+                if sess.detached_at is not None and now - sess.detached_at > s.resume_grace_s:
+                    self.detached.pop(sid, None)
+                    sess.close()
+                    self.metrics.sessions_total.labels("expired").inc()
+                    log.info("detached stream expired", extra={"session": sid})
             for h in list(self.handlers):
                 if now - h.last_input > s.idle_timeout_s:
                     h.terminate(ProtocolError(ErrorCode.IDLE_TIMEOUT,
@@ -150,6 +159,7 @@ class StreamHandler:
         self._log_extra: dict = {}
         self._pending_direct: list[dict] = []     # events queued before a session exists
         self._closing = False
+        self._detached = False
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -176,7 +186,7 @@ class StreamHandler:
             await self._finish(writer)
         finally:
             writer.cancel()
-            if self.session is not None:
+            if self.session is not None and not self._detached:
                 self.session.close()
             self.server.handlers.discard(self)
             self.server.admission.release(self)
@@ -205,7 +215,15 @@ class StreamHandler:
         m = self.server.metrics
         if self._client_gone:
             m.sessions_total.labels("disconnected").inc()
-            log.info("stream disconnected", extra=self._log_extra)
+            grace = self.server.settings.resume_grace_s
+            if self.session is not None and grace > 0 and not self._stopped:
+                # Keep the stream (state, retained events, stages finishing their work) for a resume.
+                self.session.detach(time.monotonic())
+                self.server.detached[self.session.id] = self.session
+                self._detached = True
+                log.info("stream disconnected; kept for resume", extra={**self._log_extra, "grace_s": grace})
+            else:
+                log.info("stream disconnected", extra=self._log_extra)
             return
         if self.session is not None and not self.session.overflowed:
             try:
@@ -245,7 +263,6 @@ class StreamHandler:
     # -- reading -------------------------------------------------------------------------------------
     async def _read_loop(self) -> None:
         receive = self.ws.receive
-        conn = self.conn
         m = self.server.metrics
         while True:
             message = await receive()
@@ -261,7 +278,7 @@ class StreamHandler:
                     continue
             m.bytes_in.inc(len(payload))
             try:
-                if not await self._dispatch(conn.receive(payload, self.last_input)):
+                if not await self._dispatch(self.conn.receive(payload, self.last_input)):
                     return
             except Exception as exc:                  # a bug of ours: typed error, finals, close 1011
                 log.exception("stream failed", extra=self._log_extra)
@@ -285,6 +302,10 @@ class StreamHandler:
             elif isinstance(ev, Start):
                 if not self._open_session():
                     return False
+            elif isinstance(ev, Resume):
+                self._resume(ev)
+            elif isinstance(ev, Ack):
+                self.session.ack(ev.eid)
             elif isinstance(ev, Update):
                 self.session.on_update(ev.options)
                 self._queue({"type": "updated", "options": ev.options})
@@ -295,6 +316,35 @@ class StreamHandler:
                 self._stopped = True
                 return False
         return True
+
+    def _resume(self, ev: Resume) -> None:
+        """Reattach a dropped stream: the client learns where to resume its audio (``next_seq``) and
+        receives every retained event after ``last_eid`` again (finals are never lost or doubled:
+        clients drop events whose ``eid`` they already have)."""
+        srv = self.server
+        session = srv.detached.pop(ev.session_id, None)
+        if session is None:
+            err = ProtocolError(ErrorCode.UNKNOWN_SESSION, f"no resumable stream {ev.session_id!r} (expired after "
+                                                           f"{srv.settings.resume_grace_s:g} s, or never existed); "
+                                                           "send start for a new one")
+            srv.metrics.errors.labels(err.code.value).inc()
+            self._queue_error(err)
+            return
+        self.session = session
+        self.conn = session.conn
+        self.conn.adopt(self.codec)
+        replay = session.attach(self._wake.set, self._overflow, ev.last_eid)
+        cfg = self.conn.config
+        srv.admission.streams[self] = tuple(cfg.pipelines)
+        self._log_extra = {"session": session.id, "client": cfg.client or "", "pipelines": list(cfg.pipelines)}
+        srv.metrics.sessions_total.labels("resumed").inc()
+        log.info("stream resumed", extra={**self._log_extra, "replayed": len(replay), "next_seq": self.conn.next_seq})
+        self._queue({"type": "resumed", "session_id": session.id, "next_seq": self.conn.next_seq,
+                     **session.position("received", session.ring.end), "replayed": len(replay),
+                     "config": cfg.to_wire()})
+        for old in replay:
+            session.outbox.put(old, False)
+        self._wake.set()
 
     def _open_session(self) -> bool:
         srv = self.server
@@ -314,6 +364,7 @@ class StreamHandler:
             srv.metrics.errors.labels(err.code.value).inc()
             self._queue_error(err)
             return True
+        self.session.conn = self.conn
         self._log_extra = {"session": self.session.id, "client": cfg.client or "", "pipelines": list(cfg.pipelines)}
         srv.metrics.sessions_total.labels("opened").inc()
         log.info("stream started", extra={**self._log_extra, "rate": cfg.audio.sample_rate})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from typing import Callable
 
 from .audio import MODEL_RATE, RingBuffer, StreamResampler
@@ -47,6 +48,11 @@ class Session:
         self._notify = notify
         self._on_overflow = on_overflow
         self.overflowed = False
+        self.next_eid = 0                  # every event gets an id; non-droppable ones are kept until acked
+        self.retained: deque[tuple[int, dict]] = deque()
+        self.retain_limit = 4 * outbox_hard
+        self.conn = None                   # the ServerConnection that feeds this session (kept for resume)
+        self.detached_at: float | None = None
         self.in_rate = config.audio.sample_rate
         self.resampler = StreamResampler(self.in_rate, MODEL_RATE)
         self.ring = RingBuffer(int(ring_seconds * MODEL_RATE))
@@ -82,6 +88,12 @@ class Session:
         """Queue an event for the client; also shown to the other stages of this stream."""
         if droppable is None:
             droppable = event.get("type") in DROPPABLE
+        event["eid"] = self.next_eid
+        self.next_eid += 1
+        if not droppable:
+            self.retained.append((event["eid"], event))
+            if len(self.retained) > self.retain_limit:
+                self.retained.popleft()
         if self.overflowed:
             return
         try:
@@ -96,6 +108,27 @@ class Session:
             if event.get("stage") != name:
                 stream.on_event(event)
         self._notify()
+
+    # -- resume --------------------------------------------------------------------------------------
+    def ack(self, eid: int) -> None:
+        """The client holds every event up to ``eid``: stop retaining them."""
+        while self.retained and self.retained[0][0] <= eid:
+            self.retained.popleft()
+
+    def attach(self, notify: Callable[[], None], on_overflow: Callable[[], None], last_eid: int) -> list[dict]:
+        """Bind to a new connection after a drop; return the retained events the client has not seen.
+        Stale droppable events queued while detached (interims, converted audio) are discarded."""
+        self._notify, self._on_overflow = notify, on_overflow
+        self.detached_at = None
+        self.overflowed = False
+        self.outbox = Outbox(self.outbox.soft, self.outbox.hard)
+        self.ack(last_eid)
+        return [ev for eid, ev in self.retained if eid > last_eid]
+
+    def detach(self, now: float) -> None:
+        self._notify = lambda: None
+        self._on_overflow = lambda: None
+        self.detached_at = now
 
     # -- input ---------------------------------------------------------------------------------------
     def stream_position(self) -> dict:

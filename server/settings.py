@@ -16,7 +16,7 @@ from typing import Any
 class Settings:
     host: str = field(default="127.0.0.1", metadata={"doc": "address to bind"})
     port: int = field(default=8000, metadata={"doc": "TCP port"})
-    pipelines: str = field(default="vad,wakeword", metadata={"doc": "pipelines to load at start (comma list)"})
+    pipelines: str = field(default="vad,wakeword,asr,vc", metadata={"doc": "pipelines to load at start (comma list)"})
     max_sessions: int = field(default=400, metadata={"doc": "concurrent streams; more are refused with 1013"})
     max_message_bytes: int = field(default=256 * 1024, metadata={"doc": "largest accepted WebSocket message"})
     max_frames_per_second: float = field(default=200.0, metadata={"doc": "messages/s per stream, audio or control (flood limit)"})
@@ -26,6 +26,8 @@ class Settings:
     outbox_soft: int = field(default=256, metadata={"doc": "queued events per stream before stale ones drop"})
     outbox_hard: int = field(default=1024, metadata={"doc": "queued events per stream before slow_consumer"})
     ring_seconds: float = field(default=30.0, metadata={"doc": "audio kept per stream (seconds at 16 kHz)"})
+    resume_grace_s: float = field(default=30.0, metadata={"doc": "keep a dropped stream this long for resume "
+                                                                  "(0 = no resume)"})
     drain_timeout_s: float = field(default=5.0, metadata={"doc": "time given to streams to finish on shutdown"})
     wakeword_models: str = field(default="", metadata={"doc": "extra wakeword heads: files or folders, comma list"})
     engine: str = field(default="auto", metadata={"doc": "engine: auto, onnxruntime-cpu, onnxruntime-cuda, "
@@ -50,7 +52,7 @@ class Settings:
         for name in ("max_frames_per_second", "idle_timeout_s", "max_session_s", "ring_seconds"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")
-        if self.max_wait_ms < 0 or self.drain_timeout_s < 0:
+        if self.max_wait_ms < 0 or self.drain_timeout_s < 0 or self.resume_grace_s < 0:
             problems.append("max_wait_ms and drain_timeout_s must be >= 0")
         if self.outbox_hard < self.outbox_soft:
             problems.append("outbox_hard must be >= outbox_soft")

@@ -16,12 +16,13 @@ from .messages import (
     Stop,
     Update,
     Ack,
+    Resume,
 )
 from .connection import ServerConnection, ClientConnection, ConnectionState
 
 __all__ = [
     "ErrorCode", "ProtocolError", "Codec", "SUBPROTOCOL_JSON", "SUBPROTOCOL_MSGPACK", "SUBPROTOCOLS",
     "codec_for_subprotocol", "Option", "PipelineSchema", "validate_options", "merge_options",
-    "PROTOCOL_VERSION", "AudioFormat", "AudioIn", "Flush", "Start", "Stop", "Update", "Ack",
+    "PROTOCOL_VERSION", "AudioFormat", "AudioIn", "Flush", "Start", "Stop", "Update", "Ack", "Resume",
     "ServerConnection", "ClientConnection", "ConnectionState",
 ]

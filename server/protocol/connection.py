@@ -14,10 +14,10 @@ from typing import Any, Union
 
 from .codec import Codec, SUBPROTOCOL_JSON
 from .errors import ErrorCode, ProtocolError
-from .messages import Ack, AudioFormat, AudioIn, Flush, Start, Stop, Update, MAX_FRAME_SECONDS
+from .messages import Ack, AudioFormat, AudioIn, Flush, Resume, Start, Stop, Update, MAX_FRAME_SECONDS
 from .options import PipelineSchema, merge_options, validate_options
 
-Event = Union[Start, AudioIn, Update, Flush, Stop, Ack, ProtocolError]
+Event = Union[Start, Resume, AudioIn, Update, Flush, Stop, Ack, ProtocolError]
 
 
 class ConnectionState(enum.Enum):
@@ -73,6 +73,13 @@ class ServerConnection:
         self._tokens = float(self.limits.frame_burst)
         self._last_refill: float | None = None
 
+    def adopt(self, codec: Codec) -> None:
+        """Continue this connection's stream over a new socket (session resume)."""
+        self.codec = codec
+        self.state = ConnectionState.STREAMING
+        self._tokens = float(self.limits.frame_burst)
+        self._last_refill = None
+
     def reset(self) -> None:
         """Back to awaiting ``start`` (the server refused the accepted configuration)."""
         self.state = ConnectionState.AWAITING_START
@@ -113,6 +120,10 @@ class ServerConnection:
             if self.state is not ConnectionState.AWAITING_START:
                 raise ProtocolError(ErrorCode.ALREADY_STARTED, "the stream is already started")
             return [self._start(Start.parse(msg))]
+        if mtype == "resume":
+            if self.state is not ConnectionState.AWAITING_START:
+                raise ProtocolError(ErrorCode.ALREADY_STARTED, "resume must be the first message")
+            return [Resume.parse(msg)]
         if mtype in ("audio", "update", "flush", "stop", "ack") and self.state is ConnectionState.AWAITING_START:
             raise ProtocolError(ErrorCode.NOT_STARTED, f"{mtype!r} before a successful start")
         if mtype == "audio":

@@ -163,11 +163,28 @@ class Stop:
 
 @dataclass(frozen=True)
 class Ack:
-    """``ack``: the client has received every final up to ``final_id`` (used by session resume)."""
+    """``ack``: the client has received every event up to event id ``eid``; the server may forget them."""
 
-    final_id: int
+    eid: int
 
     @classmethod
     def parse(cls, msg: dict) -> "Ack":
-        _check_fields(msg, {"final_id"})
-        return cls(_int_field(msg, "final_id", None, 0))  # type: ignore[arg-type]
+        _check_fields(msg, {"eid"})
+        return cls(_int_field(msg, "eid", None, 0))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """``resume``: reattach to a session the server still holds after a dropped connection.
+    ``last_eid`` is the last event id the client received (-1 for none)."""
+
+    session_id: str
+    last_eid: int
+
+    @classmethod
+    def parse(cls, msg: dict) -> "Resume":
+        _check_fields(msg, {"session_id", "last_eid"})
+        sid = msg.get("session_id")
+        if not isinstance(sid, str) or not sid:
+            raise ProtocolError(ErrorCode.BAD_VALUE, "resume.session_id must be a non-empty string")
+        return cls(sid, _int_field(msg, "last_eid", -1, -1))  # type: ignore[arg-type]

@@ -8,6 +8,10 @@ const state = window.voxState = {
 };
 let ctx = null, mic = null, capture = null, player = null, ws = null;
 let wanted = false, backoff = 500, reconnectTimer = null;
+// Lossless resume: frames sent (by sequence number) are kept for 10 s so that, after a drop, the
+// server can ask for the ones it missed; events carry ids (eid) so replayed ones are not shown twice.
+let resumeId = null, lastEid = -1, ackedEid = -1, sentSeq = 0;
+const replay = [];                       // [seq, ArrayBuffer], at most ~10 s
 
 function wsUrl() {
   const u = new URL(location.href);
@@ -39,10 +43,12 @@ async function startAudio() {
 }
 
 function sendPcm(f32) {
-  if (!ws || ws.readyState !== WebSocket.OPEN || !state.sessionId) return;
+  if (!resumeId) return;                                   // no session yet
   const pcm = new Int16Array(f32.length);
   for (let i = 0; i < f32.length; i++) { const v = Math.max(-1, Math.min(1, f32[i])); pcm[i] = v < 0 ? v * 32768 : v * 32767; }
-  ws.send(pcm.buffer);
+  replay.push([sentSeq++, pcm.buffer]);
+  while (replay.length > 500) replay.shift();
+  if (ws && ws.readyState === WebSocket.OPEN && state.sessionId) ws.send(pcm.buffer);
 }
 
 function connect() {
@@ -52,6 +58,7 @@ function connect() {
   ws.binaryType = "arraybuffer";
   ws.onopen = () => {
     backoff = 500;
+    if (resumeId) { ws.send(JSON.stringify({ type: "resume", session_id: resumeId, last_eid: lastEid })); return; }
     ws.send(JSON.stringify({ type: "start", sample_rate: ctx.sampleRate, encoding: "s16le", channels: 1,
       pipelines: pipelines(), options: pipelines().includes("vc") ? { vc: vcOptions() } : {},
       output_sample_rate: ctx.sampleRate, binary_frames: "pcm", client: "browser" }));
@@ -79,9 +86,22 @@ function latencyRow(stage, lat) {
 }
 
 function handle(ev) {
+  if (ev.eid !== undefined) {
+    if (ev.eid <= lastEid) return;                      // replayed after a resume: already shown
+    lastEid = ev.eid;
+    if (lastEid - ackedEid >= 32 && ws && ws.readyState === WebSocket.OPEN) {
+      ackedEid = lastEid; ws.send(JSON.stringify({ type: "ack", eid: lastEid }));
+    }
+  }
   if (ev.latency) latencyRow(ev.type === "transcript" ? "asr final" : ev.type === "transcript_interim" ? "asr interim" : (ev.stage || ev.type), ev.latency);
   switch (ev.type) {
+    case "resumed":
+      state.connected = true; state.sessionId = ev.session_id; state.resumes = (state.resumes || 0) + 1;
+      setConn("streaming (resumed)", true); showError("");
+      for (const [seq, buf] of replay) if (seq >= ev.next_seq) ws.send(buf);   // the audio the server missed
+      break;
     case "ready":
+      resumeId = ev.session_id; sentSeq = 0; replay.length = 0;
       state.connected = true; state.sessionId = ev.session_id; showError("");
       setConn("streaming", true); $("session").textContent = "session " + ev.session_id.slice(0, 8);
       break;
@@ -116,6 +136,13 @@ function handle(ev) {
       break;
     }
     case "error":
+      if (ev.code === "unknown_session") {                 // too late to resume: start a new stream
+        resumeId = null; lastEid = -1; ackedEid = -1;
+        ws.send(JSON.stringify({ type: "start", sample_rate: ctx.sampleRate, encoding: "s16le", channels: 1,
+          pipelines: pipelines(), options: pipelines().includes("vc") ? { vc: vcOptions() } : {},
+          output_sample_rate: ctx.sampleRate, binary_frames: "pcm", client: "browser" }));
+        break;
+      }
       state.errors.push(ev.code); showError(`${ev.code}: ${ev.message}${ev.fatal ? " (fatal)" : ""}`);
       break;
   }
@@ -139,6 +166,8 @@ $("start").onclick = async () => {
   } catch (err) { showError(String(err)); $("start").disabled = false; }
 };
 $("stop").onclick = () => {
-  wanted = false; $("start").disabled = false; $("stop").disabled = true;
+  wanted = false; resumeId = null; lastEid = -1; ackedEid = -1; $("start").disabled = false; $("stop").disabled = true;
   if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "stop" }));
 };
+// For tests and debugging: drop the connection as a network failure would (the page then resumes).
+window.voxDebug = { dropConnection: () => { if (ws) ws.close(4000, "simulated drop"); } };

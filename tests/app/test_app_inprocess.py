@@ -47,7 +47,8 @@ def test_update_and_flush_in_process(client):
         ws.send_text('{"type":"start"}')
         assert ws.receive_json()["type"] == "ready"
         ws.send_text('{"type":"update","options":{"vad":{"aggressiveness":3}}}')
-        assert ws.receive_json() == {"type": "updated", "options": {"vad": {"aggressiveness": 3}}}
+        ev = ws.receive_json()
+        assert ev["type"] == "updated" and ev["options"] == {"vad": {"aggressiveness": 3}} and ev["eid"] >= 1
         ws.send_text('{"type":"flush"}')
         assert ws.receive_json()["type"] == "flushed"
         ws.send_text('{"type":"update","options":{"vad":{"aggressiveness":7}}}')

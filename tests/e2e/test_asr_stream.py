@@ -110,3 +110,33 @@ def test_after_wakeword_needs_the_wakeword_pipeline(asr_server):
             return ev, ready
     ev, ready = asyncio.run(go())
     assert ev["code"] == "bad_value" and "wakeword" in ev["message"] and ready["type"] == "ready"
+
+
+def test_resume_after_cut_connections_loses_and_doubles_nothing(asr_server, jfk_path):
+    """Connections cut mid-utterance at three points: the transcript equals an uninterrupted run."""
+    src = resampled_source(jfk_path, 16000)
+    opts = {"asr": {"interims": False}}
+    ref = stream(asr_server.url, src, pipelines=["asr"], speed=4.0, frame_ms=20, options=opts)
+    cut = stream(asr_server.url, src, pipelines=["asr"], speed=4.0, frame_ms=20, options=opts,
+                 cut_at=(70, 230, 390))
+    assert cut.resumes == 3 and cut.close_code == 1000
+    assert [(e["id"], e["text"]) for e in cut.of_type("transcript")] == \
+        [(e["id"], e["text"]) for e in ref.of_type("transcript")]
+    assert [(e["event"], e["start_ms"]) for e in cut.of_type("vad")] == \
+        [(e["event"], e["start_ms"]) for e in ref.of_type("vad")]
+    eids = [e["eid"] for e in cut.events if "eid" in e]
+    assert len(eids) == len(set(eids))
+
+
+def test_resume_of_unknown_session_is_a_typed_error(asr_server):
+    import asyncio
+
+    from voxserve.clients.client import VoxClient, VoxError
+
+    async def go():
+        async with VoxClient.connect(asr_server.url) as c:
+            with pytest.raises(VoxError) as err:
+                await c.resume("no-such-session", -1)
+            return err.value.event
+    ev = asyncio.run(go())
+    assert ev["code"] == "unknown_session" and ev["fatal"] is False

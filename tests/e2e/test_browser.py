@@ -1,7 +1,8 @@
 """The browser client in a real headless Chromium, with a real recording as the fake microphone.
 
-Asserts that, inside the page, VAD events arrive, a transcript is shown, and converted audio is
-played back through the jitter-buffered AudioWorklet; saves a screenshot to bench/out/browser.png.
+Asserts that, inside the page, VAD events arrive, a transcript is shown, converted audio is played
+back through the jitter-buffered AudioWorklet, and a connection dropped mid-utterance is resumed
+(same session, no final shown twice); saves a screenshot to bench/out/browser.png.
 """
 
 import json
@@ -48,10 +49,15 @@ def test_browser_client_end_to_end(tmp_path, chromium):
         browser.evaluate("document.getElementById('start').click(); true", gesture=True)
         deadline = time.time() + 60
         state = {}
+        dropped = False
         while time.time() < deadline:
             state = browser.evaluate("JSON.stringify(window.voxState)")
             state = json.loads(state)
-            if state["finals"] >= 1 and state["played"] > 48000 and state["vadEvents"] >= 2:
+            if not dropped and state["vadEvents"] >= 1:          # mid-utterance: drop the connection
+                browser.evaluate("window.voxDebug.dropConnection(); true")
+                dropped = True
+            if (state["finals"] >= 2 and state["played"] > 48000 and state["vadEvents"] >= 4
+                    and state.get("resumes", 0) >= 1):
                 break
             time.sleep(0.5)
         out = REPO / "bench" / "out"
@@ -62,6 +68,8 @@ def test_browser_client_end_to_end(tmp_path, chromium):
                                             for t in state["finalTexts"]), state
         assert state["audioChunks"] > 10 and state["played"] > 48000, state          # > 1 s of converted audio played
         assert "vc" in state["latency"] and not state["errors"], state
+        assert state.get("resumes", 0) >= 1 and state["reconnects"] >= 1, state          # resumed, not restarted
+        assert len(state["finalTexts"]) == len(set(state["finalTexts"])), state          # no final shown twice
         html = browser.evaluate("document.getElementById('finals').textContent")
         assert html.strip()
     finally:
