@@ -74,7 +74,7 @@ def gating_share(speech_share: float = 0.3, minutes: float = 10.0) -> dict:
         speech_s += len(c) / 16000
         total_s += (len(c) + int(gap)) / 16000
     audio = np.concatenate(parts)
-    # Replay the stage's gating rule: wanted while in speech or within the 500 ms hangover; 25-step
+    # Replay the stage's gating rule: wanted while in speech or within the 1 s hangover; 25-step
     # back-fill before each activation (9 + N with N = 16 for the shipped head).
     vad = VadSegmenter()
     in_speech, gate_until, computed, n_computed = False, -1, 0, 0
@@ -85,7 +85,7 @@ def gating_share(speech_share: float = 0.3, minutes: float = 10.0) -> dict:
                 in_speech = True
             else:
                 in_speech = False
-                gate_until = ev.end + 8000
+                gate_until = ev.end + 16000
         ready = (i + step) // step
         if in_speech or ready * step <= gate_until:
             first = max(computed + 1, ready - 24)
@@ -117,7 +117,7 @@ def main() -> None:
                 f"- batching on CPU: batch 1 costs {single['per_stream_step_ms']} ms per stream-step, the best batch "
                 f"({best_b}) {best['per_stream_step_ms']} ms: x{single['per_stream_step_ms'] / best['per_stream_step_ms']:.2f}\n"
                 f"- VAD gating on {gate['audio_minutes']} min of real speech at {int(gate['speech_share_nominal'] * 100)} % "
-                f"speech: {gate['computed_share'] * 100:.1f} % of steps computed (speech, 0.5 s hangover, 2.0 s back-fill)\n"
+                f"speech: {gate['computed_share'] * 100:.1f} % of steps computed (speech, 1 s hangover, 2.0 s back-fill)\n"
                 f"- streams per core: **{best['streams_per_core']} ungated**, **{gated} gated at 30 % speech**")
         record("Wakeword capacity", "python bench/wakeword_capacity.py --record", body)
 

@@ -51,7 +51,7 @@ WAKEWORD_SCHEMA = PipelineSchema(
         Option("patience", int, 1, "consecutive 80 ms steps at or above threshold before firing", min=1, max=50),
         Option("refractory_ms", int, 2000, "after firing, the same head stays quiet this long", min=0, max=60000),
         Option("gating", bool, True, "skip the front end during long silence (VAD-gated; events unchanged)"),
-        Option("gate_hangover_ms", int, 500, "keep scoring this long after speech ends", min=0, max=10000),
+        Option("gate_hangover_ms", int, 1000, "keep scoring this long after speech ends", min=0, max=10000),
         Option("budget_ms", float, 200.0, "latency budget from audio arrival to scores", min=10.0, max=10000.0),
     ),
     doc="openWakeWord-compatible wakeword detection (shared front end, one head per wake word)",
