@@ -220,8 +220,11 @@ def export_head(model, out: Path, cfg: TrainConfig, extra: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(model, (torch.zeros(1, N_EMB, 96),), str(out), input_names=["x"], output_names=["score"],
                       dynamic_axes={"x": {0: "batch"}, "score": {0: "batch"}}, opset_version=17, dynamo=False)
+    import dataclasses
+
     meta = {"name": out.stem, "phrase": cfg.phrase, "features": "oww", "embeddings": N_EMB,
-            "trained_with": "voxserve-wakeword train", "seed": cfg.seed, "held_out_variants": HELD_OUT_VARIANTS,
+            "trained_with": "voxserve-wakeword train", "config": dataclasses.asdict(cfg),
+            "seed": cfg.seed, "held_out_variants": HELD_OUT_VARIANTS,
             "held_out_flite": HELD_OUT_FLITE, **extra}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
 
