@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--on-wakeword", help="shell command run on each wake word ($VOXSERVE_WAKEWORD = name)")
     m.add_argument("--json", action="store_true")
     m.add_argument("--no-reconnect", action="store_true")
+    m.add_argument("--replay-s", type=float, default=10.0, help="audio kept for resending after a drop")
     args = p.parse_args(argv)
     if args.command == "mic":
         from .device import main_mic

@@ -1,22 +1,27 @@
 """``voxserve-client mic``: a dependency-light client for small Linux devices and voice satellites.
 
 Audio in: ``arecord`` (ALSA utils) as a raw s16le pipe by default, or any command that writes raw
-s16le mono PCM to stdout (``--capture-cmd``, e.g. ``sox -d -t raw -r 16000 -e signed -b 16 -c 1 -``), or
-PortAudio through ``sounddevice`` when it is installed (``--capture sounddevice``). Audio out
-(voice conversion): ``aplay`` or ``--play-cmd``. Events print like ``voxserve-client stream`` (or as
-JSON lines); ``--on-wakeword CMD`` runs a shell command with ``VOXSERVE_WAKEWORD`` set for each wake
-word. Reconnects with exponential backoff when the connection drops.
+s16le mono PCM to stdout (``--capture-cmd``, e.g. ``sox -d -t raw -r 16000 -e signed -b 16 -c 1 -``).
+Audio out (voice conversion): ``aplay`` or ``--play-cmd``. Events print like ``voxserve-client stream``
+(or as JSON lines); ``--on-wakeword CMD`` runs a shell command with ``VOXSERVE_WAKEWORD`` set.
+
+Dropped connections: capture keeps running; the last ``--replay-s`` seconds of frames are kept, and
+the client reconnects with exponential backoff, resumes the session, re-sends the frames the server
+says it is missing and drops events it already has (by ``eid``), so nothing is lost or doubled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import shlex
 import subprocess
 import sys
 import time
+
+from websockets.exceptions import ConnectionClosed
 
 from .client import VoxClient, VoxError
 
@@ -30,49 +35,138 @@ def capture_command(args) -> list[str]:
     return cmd + ["-"]
 
 
-async def run_once(args, on_line) -> int:
-    """One connection: start capture, stream until the capture ends or the server closes."""
-    frame_bytes = int(args.rate * args.frame_ms / 1000) * 2
-    pipelines = [p for p in args.pipelines.split(",") if p]
-    options = json.loads(args.options) if args.options else {}
-    player = None
-    async with VoxClient.connect(args.url) as client:
-        ready = await client.start(sample_rate=args.rate, pipelines=pipelines, options=options,
-                                   output_sample_rate=args.rate, client="voxserve-client mic")
-        on_line(ready)
-        if "vc" in pipelines and not args.no_playback:
-            play = shlex.split(args.play_cmd) if args.play_cmd else ["aplay", "-q", "-f", "S16_LE", "-r",
-                                                                     str(args.rate), "-c", "1", "-t", "raw", "-"]
-            player = subprocess.Popen(play, stdin=subprocess.PIPE)
-        proc = await asyncio.create_subprocess_exec(*capture_command(args), stdout=asyncio.subprocess.PIPE)
+class MicSession:
+    """Capture once, stream over as many connections as it takes."""
 
-        async def pump():
-            try:
-                while True:
-                    chunk = await proc.stdout.readexactly(frame_bytes)
-                    await client.send_audio(chunk)
-            except asyncio.IncompleteReadError as e:
-                if e.partial and len(e.partial) % 2 == 0:
-                    await client.send_audio(e.partial)
-                await client.stop()
+    def __init__(self, args, on_event):
+        self.args = args
+        self.on_event = on_event
+        self.frame_bytes = int(args.rate * args.frame_ms / 1000) * 2
+        self.frames: collections.deque[tuple[int, bytes]] = collections.deque(
+            maxlen=max(1, int(args.replay_s * 1000 / args.frame_ms)))
+        self.next_frame = 0
+        self.captured_all = False
+        self.new_frame = asyncio.Event()
+        self.session_id: str | None = None
+        self.last_eid = -1
+        self.acked = -1
+        self.player = None
 
-        task = asyncio.create_task(pump())
-        async for ev in client.events():
-            on_line(ev)
-            if ev.get("type") == "wakeword" and args.on_wakeword:
-                subprocess.Popen(args.on_wakeword, shell=True, env={**os.environ, "VOXSERVE_WAKEWORD": ev["name"]})
-            if ev.get("type") == "audio" and player is not None and player.stdin:
+    async def capture(self) -> None:
+        proc = await asyncio.create_subprocess_exec(*capture_command(self.args), stdout=asyncio.subprocess.PIPE)
+        try:
+            while True:
                 try:
-                    player.stdin.write(ev["pcm"])
-                    player.stdin.flush()
-                except BrokenPipeError:
-                    player = None
-        task.cancel()
-        if proc.returncode is None:
-            proc.terminate()
-        if player is not None and player.stdin:
-            player.stdin.close()
-        return client.close_code or 1006
+                    chunk = await proc.stdout.readexactly(self.frame_bytes)
+                except asyncio.IncompleteReadError as e:
+                    if e.partial and len(e.partial) % 2 == 0:
+                        self.frames.append((self.next_frame, e.partial))
+                        self.next_frame += 1
+                    break
+                self.frames.append((self.next_frame, chunk))
+                self.next_frame += 1
+                self.new_frame.set()
+        finally:
+            self.captured_all = True
+            self.new_frame.set()
+            if proc.returncode is None:
+                proc.terminate()
+
+    async def connection(self) -> int:
+        a = self.args
+        pipelines = [p for p in a.pipelines.split(",") if p]
+        async with VoxClient.connect(a.url) as client:
+            if self.session_id is None:
+                ev = await client.start(sample_rate=a.rate, pipelines=pipelines,
+                                        options=json.loads(a.options) if a.options else {},
+                                        output_sample_rate=a.rate, client="voxserve-client mic")
+                self.session_id, seq = ev["session_id"], 0
+            else:
+                try:
+                    ev = await client.resume(self.session_id, self.last_eid)
+                    seq = ev["next_seq"]
+                except VoxError as exc:
+                    if exc.event.get("code") != "unknown_session":
+                        raise
+                    self.session_id, self.last_eid = None, -1      # expired: a new stream from now on
+                    return 1006
+            self.last_eid = max(self.last_eid, ev.get("eid", -1))
+            self.on_event(ev)
+            if "vc" in pipelines and not a.no_playback and self.player is None:
+                play = shlex.split(a.play_cmd) if a.play_cmd else ["aplay", "-q", "-f", "S16_LE", "-r", str(a.rate),
+                                                                   "-c", "1", "-t", "raw", "-"]
+                self.player = subprocess.Popen(play, stdin=subprocess.PIPE)
+            client.conn.seq = seq
+
+            async def send() -> None:
+                nonlocal seq
+                while True:
+                    sent_any = False
+                    for s, pcm in list(self.frames):
+                        if s >= seq:
+                            client.conn.seq = s
+                            await client.send_audio(pcm)
+                            seq = s + 1
+                            sent_any = True
+                    if self.captured_all and seq >= self.next_frame:
+                        await client.stop()
+                        return
+                    if not sent_any:
+                        self.new_frame.clear()
+                        await self.new_frame.wait()
+
+            sender = asyncio.create_task(send())
+            try:
+                async for ev in client.events():
+                    eid = ev.get("eid")
+                    if eid is not None:
+                        if eid <= self.last_eid:
+                            continue
+                        self.last_eid = eid
+                        if eid - self.acked >= 32:
+                            self.acked = eid
+                            await client.ack(eid)
+                    self.on_event(ev)
+                    if ev.get("type") == "wakeword" and a.on_wakeword:
+                        subprocess.Popen(a.on_wakeword, shell=True,
+                                         env={**os.environ, "VOXSERVE_WAKEWORD": ev["name"]})
+                    if ev.get("type") == "audio" and self.player is not None and self.player.stdin:
+                        try:
+                            self.player.stdin.write(ev["pcm"])
+                            self.player.stdin.flush()
+                        except BrokenPipeError:
+                            self.player = None
+            except ConnectionClosed:
+                pass
+            sender.cancel()
+            return client.close_code or 1006
+
+    async def run(self) -> int:
+        cap = asyncio.create_task(self.capture())
+        backoff = 0.5
+        try:
+            while True:
+                try:
+                    code = await self.connection()
+                except VoxError as exc:
+                    print(f"voxserve-client: {exc}", file=sys.stderr)
+                    code = exc.close_code or 1
+                    if code not in (1012, 1013):
+                        return 1
+                except (OSError, asyncio.TimeoutError, ConnectionClosed) as exc:
+                    print(f"voxserve-client: connection failed: {exc}", file=sys.stderr)
+                    code = 1006
+                if code == 1000:
+                    return 0
+                if self.args.no_reconnect:
+                    return 1
+                print(f"voxserve-client: disconnected ({code}); reconnecting in {backoff:.1f} s", file=sys.stderr)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+        finally:
+            cap.cancel()
+            if self.player is not None and self.player.stdin:
+                self.player.stdin.close()
 
 
 def main_mic(args) -> int:
@@ -80,7 +174,7 @@ def main_mic(args) -> int:
 
     t0 = time.perf_counter()
 
-    def on_line(ev):
+    def on_event(ev):
         if args.json:
             shown = {k: (len(v) if k == "pcm" else v) for k, v in ev.items()}
             print(json.dumps(shown, default=str), flush=True)
@@ -89,22 +183,7 @@ def main_mic(args) -> int:
             if line:
                 print(line, flush=True)
 
-    backoff = 0.5
-    while True:
-        try:
-            code = asyncio.run(run_once(args, on_line))
-        except VoxError as exc:
-            print(f"voxserve-client: {exc}", file=sys.stderr)
-            code = exc.close_code or 1
-            if code not in (1012, 1013):
-                return 1
-        except (OSError, asyncio.TimeoutError) as exc:
-            print(f"voxserve-client: connection failed: {exc}", file=sys.stderr)
-            code = 1006
-        except KeyboardInterrupt:
-            return 0
-        if code == 1000 or args.no_reconnect:
-            return 0 if code == 1000 else 1
-        print(f"voxserve-client: disconnected ({code}); reconnecting in {backoff:.1f} s", file=sys.stderr)
-        time.sleep(backoff)
-        backoff = min(backoff * 2, 30.0)
+    try:
+        return asyncio.run(MicSession(args, on_event).run())
+    except KeyboardInterrupt:
+        return 0

@@ -1,6 +1,7 @@
 """``voxserve-client mic`` against a real server, with a capture command standing in for the microphone."""
 
 import shutil
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,75 @@ def test_mic_client_streams_and_runs_wakeword_command(tmp_path):
             break
         time.sleep(0.1)
     assert marker.read_text().strip() == "hey_livekit"
+
+
+def test_mic_client_resumes_after_a_network_drop(tmp_path, jfk_path):
+    """A TCP proxy between client and server cuts the connection mid-utterance; the client resumes."""
+    import asyncio
+    import json
+    import threading
+
+    import numpy as np
+
+    from .helpers import resampled_source
+
+    srv = start_server(tmp_path, "--pipelines", "vad,asr", "--log-format", "text", "--no-admission")
+    raw = tmp_path / "jfk16k.raw"
+    raw.write_bytes(resampled_source(jfk_path, 16000).data)
+    pace = (f"{sys.executable} -c \"import sys,time; d=open('{raw}','rb').read(); "
+            f"[(sys.stdout.buffer.write(d[i:i+640]), sys.stdout.flush(), time.sleep(0.005)) "
+            f"for i in range(0,len(d),640)]\"")
+    port_box, cut_done = {}, threading.Event()
+
+    async def proxy():
+        cut_after = [120_000]                      # client->server bytes before the first connection is cut
+
+        async def handle(reader, writer):
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", srv.port)
+
+            async def pipe(src, dst, count):
+                try:
+                    while data := await src.read(4096):
+                        if count is not None:
+                            cut_after[0] -= len(data)
+                            if cut_after[0] < 0 and not cut_done.is_set():
+                                cut_done.set()
+                                writer.transport.abort()
+                                up_w.transport.abort()
+                                return
+                        dst.write(data)
+                        await dst.drain()
+                except (ConnectionError, OSError):
+                    pass
+                finally:
+                    dst.close()
+
+            await asyncio.gather(pipe(reader, up_w, True), pipe(up_r, writer, None))
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port_box["port"] = server.sockets[0].getsockname()[1]
+        async with server:
+            await asyncio.sleep(60)
+
+    t = threading.Thread(target=lambda: asyncio.run(proxy()), daemon=True)
+    t.start()
+    while "port" not in port_box:
+        time.sleep(0.05)
+    exe = Path(sys.executable).parent / "voxserve-client"
+    try:
+        out = subprocess.run([str(exe), "mic", "--url", f"ws://127.0.0.1:{port_box['port']}/v1/stream",
+                              "--pipelines", "vad,asr", "--capture-cmd", pace, "--json",
+                              "--options", '{"asr": {"interims": false}}'],
+                             capture_output=True, text=True, timeout=90)
+    finally:
+        srv.stop()
+    assert cut_done.is_set()
+    events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    types = [e["type"] for e in events]
+    assert "resumed" in types and "reconnecting" in out.stderr, (types, out.stderr)
+    finals = [e["text"] for e in events if e["type"] == "transcript"]
+    text = " ".join(finals).lower()
+    assert "americans" in text and "country" in text, finals
+    ids = [e["id"] for e in events if e["type"] == "transcript"]
+    assert ids == list(range(len(ids)))                                  # nothing lost, nothing doubled
+    assert out.returncode == 0, out.stderr
