@@ -60,9 +60,26 @@ def format_event(ev: dict, t: float) -> str:
     return f"{t_s} {typ} {json.dumps(rest, default=str)}"
 
 
-def cmd_stream(args: argparse.Namespace) -> int:
+def event_printer(as_json: bool):
+    """A callback printing events as JSON lines (``pcm`` replaced by its length) or readable lines."""
     import time
 
+    t0 = time.perf_counter()
+
+    def show(ev: dict) -> None:
+        if as_json:
+            shown = dict(ev)
+            if isinstance(shown.get("pcm"), (bytes, bytearray)):
+                shown["pcm_bytes"] = len(shown.pop("pcm"))
+            print(json.dumps(shown, default=str), flush=True)
+        else:
+            line = format_event(ev, time.perf_counter() - t0)
+            if line:
+                print(line, flush=True)
+    return show
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
     from .audiofile import load_audio
     from .client import VoxError, stream_source
 
@@ -78,24 +95,16 @@ def cmd_stream(args: argparse.Namespace) -> int:
         print(f"voxserve-client: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
     pipelines = [p for p in args.pipelines.split(",") if p]
-    t0 = time.perf_counter()
     audio_out: list[bytes] = []
     out_rate: list[int] = []
+    show = event_printer(args.json)
 
     def on_event(ev: dict) -> None:
         if ev.get("type") == "audio" and isinstance(ev.get("pcm"), (bytes, bytearray)):
             audio_out.append(bytes(ev["pcm"]))
         if ev.get("type") == "ready":
             out_rate.append(int(ev["config"]["output_sample_rate"]))
-        if args.json:
-            shown = dict(ev)
-            if isinstance(shown.get("pcm"), (bytes, bytearray)):
-                shown["pcm_bytes"] = len(shown.pop("pcm"))
-            print(json.dumps(shown, default=str), flush=True)
-        else:
-            line = format_event(ev, time.perf_counter() - t0)
-            if line:
-                print(line, flush=True)
+        show(ev)
 
     try:
         result = asyncio.run(stream_source(args.url, source, pipelines=pipelines, options=options, speed=args.speed,

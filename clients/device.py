@@ -19,7 +19,6 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 
 from websockets.exceptions import ConnectionClosed
 
@@ -170,20 +169,9 @@ class MicSession:
 
 
 def main_mic(args) -> int:
-    from .cli import format_event
-
-    t0 = time.perf_counter()
-
-    def on_event(ev):
-        if args.json:
-            shown = {k: (len(v) if k == "pcm" else v) for k, v in ev.items()}
-            print(json.dumps(shown, default=str), flush=True)
-        else:
-            line = format_event(ev, time.perf_counter() - t0)
-            if line:
-                print(line, flush=True)
+    from .cli import event_printer
 
     try:
-        return asyncio.run(MicSession(args, on_event).run())
+        return asyncio.run(MicSession(args, event_printer(args.json)).run())
     except KeyboardInterrupt:
         return 0

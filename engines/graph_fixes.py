@@ -56,8 +56,14 @@ def per_item_reduce_max(path: str | Path) -> bytes:
 
 
 def cached_fixed_graph(path: str | Path, fix=per_item_reduce_max) -> Path:
-    """Apply ``fix`` once and keep the result in the user cache (keyed by the source's hash), so every
-    engine kind (TensorRT included) can load it from a file."""
+    """Apply ``fix`` once and keep the result in the user cache, so every engine kind (TensorRT
+    included) can load it from a file."""
+    return cached_derivative(path, fix.__name__, fix)
+
+
+def cached_derivative(path: str | Path, tag: str, make) -> Path:
+    """``make(path) -> bytes`` run once per source content; the result lives in
+    ``$VOXSERVE_CACHE/graphs`` (default ``~/.cache/voxserve/graphs``), written atomically."""
     import hashlib
     import os
 
@@ -65,10 +71,10 @@ def cached_fixed_graph(path: str | Path, fix=per_item_reduce_max) -> Path:
     digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
     cache = Path(os.environ.get("VOXSERVE_CACHE", Path.home() / ".cache" / "voxserve")) / "graphs"
     cache.mkdir(parents=True, exist_ok=True)
-    out = cache / f"{src.stem}-{fix.__name__}-{digest}.onnx"
+    out = cache / f"{src.stem}-{tag}-{digest}.onnx"
     if not out.exists():
         tmp = out.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(fix(src))
+        tmp.write_bytes(make(src))
         tmp.replace(out)
     return out
 

@@ -144,19 +144,6 @@ def ort_to_onnx(path: str | Path):
 
 def converted(path: str | Path) -> Path:
     """The ``.onnx`` conversion of ``path``, made once and kept in the user cache (keyed by content)."""
-    import hashlib
-    import os
+    from .graph_fixes import cached_derivative
 
-    import onnx
-
-    src = Path(path)
-    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
-    cache = Path(os.environ.get("VOXSERVE_CACHE", Path.home() / ".cache" / "voxserve")) / "graphs"
-    cache.mkdir(parents=True, exist_ok=True)
-    out = cache / f"{src.stem}-{digest}.onnx"
-    if not out.exists():
-        model = ort_to_onnx(src)
-        tmp = out.with_suffix(f".tmp{os.getpid()}")
-        onnx.save(model, str(tmp))
-        tmp.replace(out)
-    return out
+    return cached_derivative(path, "onnx", lambda src: ort_to_onnx(src).SerializeToString())

@@ -6,7 +6,6 @@ Every flag mirrors a ``VOXSERVE_*`` environment variable (see ``voxserve serve -
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 

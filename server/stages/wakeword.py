@@ -36,7 +36,7 @@ from ..scheduler import RUN_LATE, BatchScheduler, StageFailed
 from ..session import latency
 from ..vad import VadEvent
 from .base import Stage, StageStream, StreamContext
-from .wakeword_model import EMB_HISTORY, MEL_WINDOW, STEP, Head, HeadError, StepRequest, WakewordFrontEnd
+from .wakeword_model import MEL_WINDOW, STEP, Head, HeadError, StepRequest, WakewordFrontEnd
 
 log = logging.getLogger("voxserve.wakeword")
 

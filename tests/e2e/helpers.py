@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 
-import numpy as np
 import soundfile as sf
 import soxr
 

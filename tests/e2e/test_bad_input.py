@@ -6,11 +6,9 @@ neighbour's events equal a solo run of the same audio.
 """
 
 import asyncio
-import socket
 import time
 
 import msgpack
-import numpy as np
 import pytest
 import websockets
 

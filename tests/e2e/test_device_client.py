@@ -46,7 +46,6 @@ def test_mic_client_resumes_after_a_network_drop(tmp_path, jfk_path):
     import json
     import threading
 
-    import numpy as np
 
     from .helpers import resampled_source
 
