@@ -221,8 +221,12 @@ class AsrStream(StageStream):
         spec_end = min(end, vad.last_speech_end + TAIL)
         if spec_end - seg.start < 1600:           # e.g. a split segment that holds no speech yet
             return False
-        if seg.speculative is not None and seg.speculative[0] == spec_end:
-            return True
+        if seg.speculative is not None:
+            if seg.speculative[0] == spec_end:
+                return True
+            seg.speculative[1].cancel()          # superseded (speech went on): drop it if still queued
+        if seg.interim is not None:
+            seg.interim.cancel()                 # a queued interim would only delay the final
         audio = self.ctx.ring.read(seg.start, spec_end)
         fut = self.sched.submit(audio, deadline=self.ctx.clock() + self.opts["budget_final_ms"] / 1000.0,
                                 policy=RUN_LATE, weight=len(audio) / 16000)
