@@ -82,7 +82,9 @@ class AsrStage(Stage):
         self.model = model or MoonshineModel(settings.engine, settings.intra_op_threads)
         delay = getattr(settings, "engine_delay_s", 0.0)
         run = self._run if not delay else (lambda items: (time.sleep(delay), self._run(items))[1])
-        self.schedulers = {"asr": BatchScheduler("asr", run, max_batch=settings.max_batch,
+        # Two batches in flight (ONNX Runtime sessions may run concurrently): a final never waits behind
+        # a long interim decode that is already running.
+        self.schedulers = {"asr": BatchScheduler("asr", run, max_batch=settings.max_batch, max_inflight=2,
                                                  max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics)}
 
     def _run(self, items: list[np.ndarray]):
