@@ -5,7 +5,7 @@ shifts pitch *without* time stretching, with the spectral envelope separated so 
 independently.
 Per 8 ms hop, for the last 32 ms of input (512-sample Hann frame at 16 kHz):
 1. DFT (as matrix products, so the graph exports to plain ONNX); magnitude and phase;
-2. spectral envelope by cepstral smoothing (lifter at 2 ms quefrency); fine structure = |X| / envelope;
+2. spectral envelope by cepstral smoothing (lifter at 3 ms quefrency); fine structure = |X| / envelope;
 3. instantaneous frequency of every bin from the phase advance since the previous frame;
 4. output bin j takes the fine structure and frequency of input bin j / a (a = 2^(semitones/12)),
    its frequency multiplied by a, and the envelope at j / b (b = 2^(formant semitones/12); b = 1
@@ -28,7 +28,7 @@ import torch
 N_FFT = 512
 HOP = 128
 BINS = N_FFT // 2 + 1
-LIFTER = 32                 # cepstral coefficients kept (2 ms at 16 kHz): below every voice's pitch period
+LIFTER = 48                 # cepstral coefficients kept (3 ms at 16 kHz): below adult voices' pitch periods
 OLA_NORM = 1.5              # sum of squared Hann windows at 75 % overlap
 
 
