@@ -84,8 +84,16 @@ class MoonshineModel:
         """[B, N] float32 16 kHz -> [B, T, 416]."""
         return self.encoder.infer({"input_values": audio.astype(np.float32)})["last_hidden_state"]
 
-    def transcribe(self, audios: list[np.ndarray]) -> list[Hypothesis]:
-        """Greedy transcripts; equal-length inputs share every engine call."""
+    def transcribe(self, audios: list[np.ndarray], bucket_samples: int = 0) -> list[Hypothesis]:
+        """Greedy transcripts; equal-length inputs share every engine call.
+
+        ``bucket_samples`` > 0 pads each input with silence up to a multiple of it, so that utterances
+        of similar length from different streams decode together (the graphs have no attention mask,
+        so only equal lengths can share a call). The padding depends only on each input's own length,
+        so results never depend on what else was in the batch.
+        """
+        if bucket_samples > 0:
+            audios = [np.pad(a, (0, (-len(a)) % bucket_samples)) if len(a) >= 1600 else a for a in audios]
         out: list[Hypothesis | None] = [None] * len(audios)
         groups: dict[int, list[int]] = {}
         for i, a in enumerate(audios):
