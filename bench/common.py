@@ -95,3 +95,12 @@ def record(section: str, command: str, body: str) -> None:
     with open(RESULTS, "a") as fh:
         fh.write(block)
     print(block)
+
+
+def install_uvloop() -> None:
+    """Use uvloop for the load generator when it is installed (it is a server dependency)."""
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import percentiles, record  # noqa: E402
+from common import install_uvloop, percentiles, record  # noqa: E402
 
 
 async def run(streams: int, max_batch: int, max_wait_ms: float, seconds: float) -> dict:
@@ -68,11 +68,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
+    install_uvloop()
     rows = [asyncio.run(run(args.streams, b, w, args.seconds)) for b in (1, 8, 64) for w in (0.0, 2.0, 5.0)]
     print(json.dumps(rows, indent=2))
     if args.record:

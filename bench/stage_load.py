@@ -23,7 +23,7 @@ import psutil
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import percentiles, record, speech_16k, start_server  # noqa: E402
+from common import install_uvloop, percentiles, record, speech_16k, start_server  # noqa: E402
 
 FRAME_MS = 20
 FRAME = 16 * FRAME_MS
@@ -108,11 +108,7 @@ def main():
     ap.add_argument("--server-arg", action="append", default=[])
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
+    install_uvloop()
     options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
     rows = [run_level(args.pipeline, options, n, args.seconds, args.server_arg) for n in args.streams]
     print(json.dumps(rows, indent=2))

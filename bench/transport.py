@@ -21,7 +21,7 @@ import psutil
 import websockets
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import percentiles, record, scrape, speech_16k, start_server  # noqa: E402
+from common import install_uvloop, percentiles, record, scrape, speech_16k, start_server  # noqa: E402
 
 FRAME_MS = 20
 FRAME = 16 * FRAME_MS          # samples at 16 kHz
@@ -83,11 +83,7 @@ def main() -> None:
     ap.add_argument("--ramp", type=float, default=5.0, help="seconds over which streams start")
     ap.add_argument("--record", action="store_true", help="append the result to bench/RESULTS.md")
     args = ap.parse_args()
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
+    install_uvloop()
     proc, port = start_server(["--pipelines", "vad", "--max-sessions", str(args.streams + 10), "--no-admission"])
     sp = psutil.Process(proc.pid)
     me = psutil.Process()

@@ -62,9 +62,9 @@ def serve(settings: Settings) -> int:
     url = f"http://{settings.host}:{settings.port}"
     log.info("starting", extra={"url": url, "ws": f"ws://{settings.host}:{settings.port}/v1/stream",
                                 "pipelines": settings.pipeline_list})
-    print(f"voxserve listening on {url}  (stream: ws://{settings.host}:{settings.port}/v1/stream)\n"
-          f"try: voxserve-client stream speech.wav --url ws://{settings.host}:{settings.port}/v1/stream "
-          f"--pipelines vad", file=sys.stderr, flush=True)
+    print(f"voxserve listening on {url}  (browser client: {url}/ , stream: ws://{settings.host}:{settings.port}"
+          f"/v1/stream)\ntry: voxserve-client stream speech.wav --url ws://{settings.host}:{settings.port}/v1/stream "
+          f"--pipelines {','.join(settings.pipeline_list)}", file=sys.stderr, flush=True)
     try:
         server.run()
     except KeyboardInterrupt:

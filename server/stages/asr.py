@@ -43,7 +43,7 @@ from ..protocol.options import Option, PipelineSchema
 from ..scheduler import RUN_LATE, SKIP, BatchScheduler, StageFailed
 from ..session import latency
 from ..vad import VadEvent
-from .base import Stage, StageStream, StreamContext
+from .base import Stage, StageStream, StreamContext, with_test_delay
 
 log = logging.getLogger("voxserve.asr")
 
@@ -81,8 +81,7 @@ class AsrStage(Stage):
         self.metrics = metrics
         self.admission = admission
         self.model = model or MoonshineModel(settings.engine, settings.intra_op_threads)
-        delay = getattr(settings, "engine_delay_s", 0.0)
-        run = self._run if not delay else (lambda items: (time.sleep(delay), self._run(items))[1])
+        run = with_test_delay(self._run, settings)
         # Two batches in flight (ONNX Runtime sessions may run concurrently): a final never waits behind
         # a long interim decode that is already running.
         self.schedulers = {"asr": BatchScheduler("asr", run, max_batch=settings.max_batch, max_inflight=2,

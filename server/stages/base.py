@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,6 +28,18 @@ class StreamContext:
     clock: Callable[[], float]
     vad: object | None = None        # the stream's VadSegmenter (read-only for stages)
     ending: str | None = None        # "flush" or "stop" while the session ends an utterance or the stream
+
+
+def with_test_delay(run_batch: Callable, settings) -> Callable:
+    """``run_batch`` slowed by ``settings.engine_delay_ms`` (the overload-testing aid), or unchanged."""
+    delay = getattr(settings, "engine_delay_s", 0.0)
+    if not delay:
+        return run_batch
+
+    def slowed(items):
+        time.sleep(delay)
+        return run_batch(items)
+    return slowed
 
 
 class StageStream(abc.ABC):

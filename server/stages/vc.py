@@ -33,7 +33,7 @@ from ..protocol.options import Option, PipelineSchema
 from ..scheduler import RUN_LATE, BatchScheduler, StageFailed
 from ..session import latency
 from ..vad import VadEvent
-from .base import Stage, StageStream, StreamContext
+from .base import Stage, StageStream, StreamContext, with_test_delay
 
 log = logging.getLogger("voxserve.vc")
 
@@ -74,8 +74,7 @@ class VcStage(Stage):
             raise FileNotFoundError(f"{path} missing: run `python -m voxserve.models.pitch_shift` to export it")
         self.engine = create_engine(path, settings.engine, intra_op_threads=settings.intra_op_threads,
                                     max_batch=settings.max_batch, name="pitch_shift")
-        delay = getattr(settings, "engine_delay_s", 0.0)
-        run = self._run if not delay else (lambda items: (time.sleep(delay), self._run(items))[1])
+        run = with_test_delay(self._run, settings)
         self.schedulers = {"vc": BatchScheduler("vc", run, max_batch=max(settings.max_batch, 64),
                                                 max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics)}
 

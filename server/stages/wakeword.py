@@ -35,7 +35,7 @@ from ..protocol.options import Option, PipelineSchema
 from ..scheduler import RUN_LATE, BatchScheduler, StageFailed
 from ..session import latency
 from ..vad import VadEvent
-from .base import Stage, StageStream, StreamContext
+from .base import Stage, StageStream, StreamContext, with_test_delay
 from .wakeword_model import MEL_WINDOW, STEP, Head, HeadError, StepRequest, WakewordFrontEnd
 
 log = logging.getLogger("voxserve.wakeword")
@@ -103,12 +103,11 @@ class WakewordStage(Stage):
         self.schema = dataclasses.replace(WAKEWORD_SCHEMA, options=opts)   # per instance: the loaded heads
         self.frontends: dict[str, WakewordFrontEnd] = {}
         self.schedulers: dict[str, BatchScheduler] = {}
-        delay = getattr(settings, "engine_delay_s", 0.0)
         for flavour in sorted({h.flavour for h in heads.values()}):
             fe = WakewordFrontEnd(flavour, {n: h for n, h in heads.items() if h.flavour == flavour},
                                   settings.engine, settings.intra_op_threads)
             self.frontends[flavour] = fe
-            run = fe.run_batch if not delay else _slowed(fe.run_batch, delay)
+            run = with_test_delay(fe.run_batch, settings)
             self.schedulers[flavour] = BatchScheduler(f"wakeword-{flavour}", run, max_batch=settings.max_batch,
                                                       max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics)
         log.info("wakeword heads loaded", extra={"heads": {n: f"{h.flavour}/N={h.n_embeddings}"
@@ -137,12 +136,6 @@ class WakewordStage(Stage):
         wanted = options.get("models") or list(self.heads)      # validated against the loaded heads
         return WakewordStream(self, ctx, options, wanted)
 
-
-def _slowed(fn, delay_s: float):
-    def run(items):
-        time.sleep(delay_s)
-        return fn(items)
-    return run
 
 
 class _FlavourState:
