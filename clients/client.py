@@ -54,11 +54,20 @@ class VoxClient:
     async def start(self, **kwargs: Any) -> dict:
         """Send ``start`` and wait for ``ready`` (raises :class:`VoxError` on refusal)."""
         await self.ws.send(self.conn.start(**kwargs))
+        return await self._reply("ready")
+
+    async def resume(self, session_id: str, last_eid: int) -> dict:
+        """Reattach to a dropped session; returns the ``resumed`` event (raises :class:`VoxError`)."""
+        await self.ws.send(self.conn.control("resume", session_id=session_id, last_eid=last_eid))
+        return await self._reply("resumed")
+
+    async def _reply(self, expected: str) -> dict:
+        """Wait for the session-opening event ``expected``; an error (or a close) raises :class:`VoxError`."""
         while True:
             ev = await self.recv()
             if ev is None:
                 raise VoxError(None, self.ws.close_code)
-            if ev.get("type") == "ready":
+            if ev.get("type") == expected:
                 self.session_id = ev["session_id"]
                 self.config = ev["config"]
                 return ev
@@ -68,20 +77,6 @@ class VoxClient:
                         await asyncio.wait_for(self.ws.wait_closed(), 5.0)
                     except asyncio.TimeoutError:
                         pass
-                raise VoxError(ev, self.ws.close_code)
-
-    async def resume(self, session_id: str, last_eid: int) -> dict:
-        """Reattach to a dropped session; returns the ``resumed`` event (raises :class:`VoxError`)."""
-        await self.ws.send(self.conn.control("resume", session_id=session_id, last_eid=last_eid))
-        while True:
-            ev = await self.recv()
-            if ev is None:
-                raise VoxError(None, self.ws.close_code)
-            if ev.get("type") == "resumed":
-                self.session_id = ev["session_id"]
-                self.config = ev["config"]
-                return ev
-            if ev.get("type") == "error":
                 raise VoxError(ev, self.ws.close_code)
 
     async def ack(self, eid: int) -> None:
