@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +47,6 @@ def load_eval_audio(shared: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return speech, noise
 
 
-def head_scores(head, windows: np.ndarray) -> np.ndarray:
-    if len(windows) == 0:
-        return np.zeros(0, np.float32)
-    return np.concatenate([head.score(windows[i:i + 512]) for i in range(0, len(windows), 512)])
-
-
 def count_events(scores: np.ndarray, threshold: float) -> int:
     events, last = 0, -10 ** 9
     for i in np.flatnonzero(scores >= threshold):
@@ -61,13 +56,27 @@ def count_events(scores: np.ndarray, threshold: float) -> int:
     return events
 
 
-def evaluate(model: Path, phrase: str, shared: Path, out_dir: Path, *, positives: int = 300,
-             synthetic_minutes: float = 30.0, threads: int = 2) -> dict:
-    from voxserve.server.stages.wakeword_model import Head
+@dataclass
+class EvalSet:
+    """Head inputs of the evaluation audio, computed once and scoreable by any head with ``n`` embeddings.
 
-    t0 = time.time()
+    ``positives``: per positive stream, its head windows restricted to the steps that count (from the
+    phrase start to 1 s after its end); ``negatives``: every head window of each negative stream, in order.
+    """
+
+    phrase: str
+    n: int
+    voices: list[str]
+    positives: list[np.ndarray]
+    negatives: list[np.ndarray]
+    negative_hours: float
+    real_minutes: float
+    synthetic_minutes: float
+
+
+def build_eval_set(phrase: str, shared: Path, n: int, *, positives: int = 300, synthetic_minutes: float = 30.0,
+                   threads: int = 2) -> EvalSet:
     tts.require_espeak()
-    head = Head.load(model)
     fx = FeatureExtractor(threads)
     rnd = random.Random(EVAL_SEED)
     rng = np.random.default_rng(EVAL_SEED)
@@ -89,16 +98,11 @@ def evaluate(model: Path, phrase: str, shared: Path, out_dir: Path, *, positives
         x = mix_at_snr(x, bg, rng.uniform(5, 20)) * 10 ** (rng.uniform(-12, 0) / 20)
         pos_streams.append(x.astype(np.float32))
         spans.append((lead, lead + len(clip)))
-    pos_scores = []
-    for v, x, (a, b), embs in zip(voices, pos_streams, spans, fx.stream_embeddings(pos_streams)):
-        s = head_scores(head, sliding_windows(embs, head.n_embeddings))
-        steps = np.arange(len(s)) + head.n_embeddings + 9              # 1-based step of each score
-        ends = steps * 1280
-        mask = (ends >= a) & (ends <= b + 16000)
-        pos_scores.append(float(s[mask].max()) if mask.any() else 0.0)
-    by_voice: dict[str, list[float]] = {}
-    for v, sc in zip(voices, pos_scores):
-        by_voice.setdefault(v.key().split("+")[-1], []).append(sc)
+    pos_windows = []
+    for (a, b), embs in zip(spans, fx.stream_embeddings(pos_streams)):
+        w = sliding_windows(embs, n)
+        ends = (np.arange(len(w)) + n + 9) * 1280          # end sample of each scored step (1-based steps)
+        pos_windows.append(w[(ends >= a) & (ends <= b + 16000)])
     # Negatives: real recordings (each its own stream) and long synthetic speech.
     neg_streams = list(speech) + list(noise)
     real_s = sum(len(x) for x in neg_streams) / 16000
@@ -119,25 +123,48 @@ def evaluate(model: Path, phrase: str, shared: Path, out_dir: Path, *, positives
             chunk = []
     if chunk:
         neg_streams.append(np.concatenate(chunk))
-    neg_scores = [head_scores(head, sliding_windows(e, head.n_embeddings)) for e in fx.stream_embeddings(neg_streams)]
+    neg_windows = [sliding_windows(e, n) for e in fx.stream_embeddings(neg_streams)]
     hours = sum(len(x) for x in neg_streams) / 16000 / 3600
-    pos_arr = np.array(pos_scores)
-    thresholds = np.round(np.linspace(0.05, 0.95, 19), 2)
+    return EvalSet(phrase, n, [v.key().split("+")[-1] for v in voices], pos_windows, neg_windows, hours,
+                   real_s / 60, synth_s / 60)
+
+
+def score_eval_set(score, es: EvalSet) -> dict:
+    """FRR / false accepts per hour over a threshold sweep, for ``score`` (windows -> scores)."""
+    def run(w):
+        return np.concatenate([score(w[i:i + 512]) for i in range(0, len(w), 512)]) if len(w) else np.zeros(0)
+
+    pos_arr = np.array([float(run(w).max()) if len(w) else 0.0 for w in es.positives])
+    neg_scores = [run(w) for w in es.negatives]
     rows = []
-    for thr in thresholds:
-        frr = float((pos_arr < thr).mean())
+    for thr in np.round(np.linspace(0.05, 0.95, 19), 2):
         fa = sum(count_events(s, thr) for s in neg_scores)
-        rows.append({"threshold": float(thr), "frr": frr, "false_accepts": fa, "fa_per_hour": fa / hours})
-    at = next(r for r in rows if abs(r["threshold"] - 0.5) < 1e-9)
-    result = {"model": str(model), "phrase": phrase, "positives": len(pos_arr), "negative_hours": round(hours, 3),
-              "negative_real_minutes": round(real_s / 60, 2), "negative_synthetic_minutes": round(synth_s / 60, 2),
-              "at_threshold_0.5": at, "det": rows, "seconds": round(time.time() - t0, 1),
-              "miss_rate_by_voice_at_0.5": {k: round(float(np.mean(np.array(v) < 0.5)), 3)
-                                            for k, v in sorted(by_voice.items())}}
+        rows.append({"threshold": float(thr), "frr": float((pos_arr < thr).mean()), "false_accepts": fa,
+                     "fa_per_hour": fa / es.negative_hours})
+    by_voice: dict[str, list[float]] = {}
+    for v, sc in zip(es.voices, pos_arr):
+        by_voice.setdefault(v, []).append(float(sc))
+    return {"phrase": es.phrase, "positives": len(pos_arr), "negative_hours": round(es.negative_hours, 3),
+            "negative_real_minutes": round(es.real_minutes, 2),
+            "negative_synthetic_minutes": round(es.synthetic_minutes, 2),
+            "at_threshold_0.5": next(r for r in rows if abs(r["threshold"] - 0.5) < 1e-9), "det": rows,
+            "miss_rate_by_voice_at_0.5": {k: round(float(np.mean(np.array(v) < 0.5)), 3)
+                                          for k, v in sorted(by_voice.items())}}
+
+
+def evaluate(model: Path, phrase: str, shared: Path, out_dir: Path, *, positives: int = 300,
+             synthetic_minutes: float = 30.0, threads: int = 2) -> dict:
+    from voxserve.server.stages.wakeword_model import Head
+
+    t0 = time.time()
+    head = Head.load(model)
+    es = build_eval_set(phrase, shared, head.n_embeddings, positives=positives,
+                        synthetic_minutes=synthetic_minutes, threads=threads)
+    result = {"model": str(model), **score_eval_set(head.score, es), "seconds": round(time.time() - t0, 1)}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "wakeword-eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "wakeword-eval.md").write_text(report_markdown(result))
-    plot_det(rows, out_dir / "wakeword-det.png", model.stem)
+    plot_det(result["det"], out_dir / "wakeword-det.png", model.stem)
     return result
 
 

@@ -89,7 +89,7 @@ class FeatureExtractor:
     def __init__(self, threads: int = 2):
         from voxserve.server.stages.wakeword_model import WakewordFrontEnd
 
-        self.fe = WakewordFrontEnd("oww", {}, "onnxruntime-cpu", intra_op_threads=threads)
+        self.fe = WakewordFrontEnd("oww", {}, "onnxruntime-cpu", intra_op_threads=threads, incremental=False)
 
     def stream_embeddings(self, streams: list[np.ndarray], last: int | None = None) -> list[np.ndarray]:
         """For each stream (16 kHz, starting at t = 0): embeddings of every step, or of the ``last`` steps."""

@@ -30,6 +30,8 @@ class Settings:
                                                                   "(0 = no resume)"})
     drain_timeout_s: float = field(default=5.0, metadata={"doc": "time given to streams to finish on shutdown"})
     wakeword_models: str = field(default="", metadata={"doc": "extra wakeword heads: files or folders, comma list"})
+    wakeword_incremental: bool = field(default=True, metadata={"doc": "compute the wakeword embedding "
+                                                                       "incrementally (8 new mel frames per step)"})
     engine: str = field(default="auto", metadata={"doc": "engine: auto, onnxruntime-cpu, onnxruntime-cuda, "
                                                           "onnxruntime-trt, tensorrt, torch"})
     intra_op_threads: int = field(default=1, metadata={"doc": "ONNX Runtime threads per engine call"})

@@ -105,7 +105,7 @@ class WakewordStage(Stage):
         self.schedulers: dict[str, BatchScheduler] = {}
         for flavour in sorted({h.flavour for h in heads.values()}):
             fe = WakewordFrontEnd(flavour, {n: h for n, h in heads.items() if h.flavour == flavour},
-                                  settings.engine, settings.intra_op_threads)
+                                  settings.engine, settings.intra_op_threads, settings.wakeword_incremental)
             self.frontends[flavour] = fe
             run = with_test_delay(fe.run_batch, settings)
             self.schedulers[flavour] = BatchScheduler(f"wakeword-{flavour}", run, max_batch=settings.max_batch,
@@ -117,8 +117,8 @@ class WakewordStage(Stage):
         for flavour, sched in self.schedulers.items():
             sched.start()
             fe = self.frontends[flavour]
-            mel, emb = fe.initial_state()
-            req = StepRequest(np.zeros((1, MEL_WINDOW), np.float32), mel, emb, tuple(fe.heads), np.ones(1, bool))
+            acoustic, emb = fe.initial_state()
+            req = StepRequest(np.zeros((1, MEL_WINDOW), np.float32), acoustic, emb, tuple(fe.heads), np.ones(1, bool))
             for n in (1, 4, 16):                           # warm the engines at a few batch sizes
                 await asyncio.gather(*[sched.submit(req, deadline=time.perf_counter() + 10) for _ in range(n)])
 
@@ -142,7 +142,7 @@ class _FlavourState:
     def __init__(self, frontend: WakewordFrontEnd, heads: list[str]):
         self.frontend = frontend
         self.heads = tuple(heads)
-        self.mel_hist, self.emb_hist = frontend.initial_state()
+        self.acoustic, self.emb_hist = frontend.initial_state()
         self.computed = 0              # steps computed so far (step s covers [STEP*(s-1), STEP*s))
         self.inflight: asyncio.Future | None = None
         self.gated_out = False         # steps were skipped by VAD gating since the last computed one
@@ -251,7 +251,7 @@ class WakewordStream(StageStream):
                 mask[: min(k, 8 + st.max_n)] = False             # scores need a rebuilt history
             arrival = self._arrival(first)
             deadline = arrival + self.opts["budget_ms"] / 1000.0
-            req = StepRequest(audio, st.mel_hist, st.emb_hist, st.heads, mask)
+            req = StepRequest(audio, st.acoustic, st.emb_hist, st.heads, mask)
             fut = self.stage.schedulers[flavour].submit(req, deadline=deadline, policy=RUN_LATE, weight=k)
             st.inflight = fut
             fut.add_done_callback(lambda f, fl=flavour, a=first, b=last: self._done(fl, a, b, f))
@@ -278,7 +278,7 @@ class WakewordStream(StageStream):
             self._schedule()
             return
         res = outcome.value
-        st.mel_hist, st.emb_hist = res.mel_hist, res.emb_hist
+        st.acoustic, st.emb_hist = res.acoustic, res.emb_hist
         st.computed = last
         k = last - first + 1
         self.steps_computed += k

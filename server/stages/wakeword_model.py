@@ -11,8 +11,10 @@ input (``oww``: samples x 32768), livekit-wakeword heads on [-1, 1] floats (``fl
 flavour is read from ``<head>.json`` (``{"features": "oww"|"float"}``) if present, else guessed:
 input named ``embeddings`` = livekit = ``float``, otherwise ``oww``.
 
-Per-stream state is explicit (mel history 68x32, embedding history 25x96) and passed in and out of
-:meth:`WakewordFrontEnd.run_batch`, so many streams share one batched engine call per model.
+Per-stream state is explicit and passed in and out of :meth:`WakewordFrontEnd.run_batch`, so many
+streams share one batched engine call per model: the *acoustic* state (by default the incremental
+embedding's per-layer caches, see ``wakeword_incremental.py``; with ``incremental=False`` the last 68 mel
+frames, re-embedded as a full 76-frame window every step) and the embedding history (25x96).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import numpy as np
 
 from voxserve.engines.base import Engine, EngineError
 from voxserve.engines.factory import create_engine
-from voxserve.engines.graph_fixes import cached_fixed_graph
+from voxserve.engines.graph_fixes import cached_derivative, cached_fixed_graph
+
+from .wakeword_incremental import NEW_FRAMES, IncrementalEmbedding, incremental_graph
 
 STEP = 1280                  # samples per step (80 ms)
 MEL_WINDOW = 1760            # samples the mel model sees per step
@@ -110,10 +114,11 @@ class Head:
 @dataclass
 class StepRequest:
     """Work for one stream: ``audio`` [k, 1760] windows for k consecutive steps, the stream's
-    histories before them, the heads to score, and which of the k steps need scores."""
+    state before them (acoustic state and embedding history, from :meth:`WakewordFrontEnd.initial_state`
+    or the last :class:`StepResult`), the heads to score, and which of the k steps need scores."""
 
     audio: np.ndarray
-    mel_hist: np.ndarray
+    acoustic: object
     emb_hist: np.ndarray
     heads: tuple[str, ...]
     score_mask: np.ndarray
@@ -121,7 +126,7 @@ class StepRequest:
 
 @dataclass
 class StepResult:
-    mel_hist: np.ndarray
+    acoustic: object
     emb_hist: np.ndarray
     scores: dict[str, np.ndarray] = field(default_factory=dict)     # head -> [k] (NaN where not scored)
 
@@ -130,7 +135,7 @@ class WakewordFrontEnd:
     """Shared, stateless model object for one feature flavour (engines + the heads of that flavour)."""
 
     def __init__(self, flavour: str, heads: dict[str, Head], engine_kind: str = "onnxruntime-cpu",
-                 intra_op_threads: int = 1):
+                 intra_op_threads: int = 1, incremental: bool = True):
         mel_path, emb_path = frontend_paths()
         mel_path = cached_fixed_graph(mel_path)        # batch-safe dB floor, see engines/graph_fixes.py
         self.flavour = flavour
@@ -142,10 +147,16 @@ class WakewordFrontEnd:
         self.silent_mel = np.repeat(silence[:1], MEL_HISTORY, axis=0)
         silent_emb = self._emb(np.concatenate([self.silent_mel, silence])[None])[0]
         self.silent_emb = np.repeat(silent_emb[None], EMB_HISTORY, axis=0)
+        self.incremental: IncrementalEmbedding | None = None
+        if incremental:
+            step_path = cached_derivative(emb_path, "incremental", incremental_graph)
+            step = create_engine(step_path, engine_kind, intra_op_threads=intra_op_threads, name="embedding-step")
+            self.incremental = IncrementalEmbedding(step, silence[0], self._emb)
 
-    def initial_state(self) -> tuple[np.ndarray, np.ndarray]:
-        """Histories of a stream that has heard only silence."""
-        return self.silent_mel.copy(), self.silent_emb.copy()
+    def initial_state(self) -> tuple[object, np.ndarray]:
+        """(acoustic state, embedding history) of a stream that has heard only silence."""
+        acoustic = self.incremental.initial_caches() if self.incremental else self.silent_mel.copy()
+        return acoustic, self.silent_emb.copy()
 
     def _mel(self, audio: np.ndarray) -> np.ndarray:
         out = self.mel.infer({self.mel.inputs[0].name: audio * self.scale})[self.mel.outputs[0].name]
@@ -156,25 +167,20 @@ class WakewordFrontEnd:
         return out.reshape(windows.shape[0], EMB_DIM)
 
     def run_batch(self, items: list[StepRequest]) -> list[StepResult]:
-        """One batched pass for many streams: all mel windows in one call, all embeddings in one
-        call, each head once over every step that needs it."""
+        """One batched pass for many streams: all mel windows in one call, the embeddings in one call
+        (one per round of steps on the incremental path), each head once over every step that needs it."""
         counts = [it.audio.shape[0] for it in items]
         mel_new = self._mel(np.concatenate([it.audio for it in items]))                  # [S, 8, 32]
-        windows, offsets, mel_hists = [], [], []
-        pos = 0
-        for it, k in zip(items, counts):
-            frames = np.concatenate([it.mel_hist, mel_new[pos:pos + k].reshape(-1, 32)])  # [68 + 8k, 32]
-            for j in range(k):
-                windows.append(frames[8 * j: 8 * j + EMB_WINDOW])
-            mel_hists.append(frames[-MEL_HISTORY:].copy())
-            offsets.append(pos)
-            pos += k
-        embs = self._emb(np.stack(windows))                                             # [S, 96]
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
+        if self.incremental is not None:
+            embs, acoustic = self._embed_incremental(items, counts, offsets, mel_new)
+        else:
+            embs, acoustic = self._embed_windows(items, counts, offsets, mel_new)
         results = []
         head_jobs: dict[str, list[tuple[int, int, np.ndarray]]] = {}
         for idx, (it, k) in enumerate(zip(items, counts)):
             seq = np.concatenate([it.emb_hist, embs[offsets[idx]:offsets[idx] + k]])     # [25 + k, 96]
-            results.append(StepResult(mel_hists[idx], seq[-EMB_HISTORY:].copy()))
+            results.append(StepResult(acoustic[idx], seq[-EMB_HISTORY:].copy()))
             for name in it.heads:
                 head = self.heads[name]
                 for j in np.flatnonzero(it.score_mask):
@@ -188,3 +194,27 @@ class WakewordFrontEnd:
             for (idx, j, _), s in zip(jobs, scores):
                 results[idx].scores[name][j] = s
         return results
+
+    def _embed_windows(self, items, counts, offsets, mel_new):
+        """Full-window path: every step re-embeds its whole 76-frame window."""
+        windows, mel_hists = [], []
+        for it, k, pos in zip(items, counts, offsets):
+            frames = np.concatenate([it.acoustic, mel_new[pos:pos + k].reshape(-1, 32)])  # [68 + 8k, 32]
+            windows.extend(frames[8 * j: 8 * j + EMB_WINDOW] for j in range(k))
+            mel_hists.append(frames[-MEL_HISTORY:].copy())
+        return self._emb(np.stack(windows)), mel_hists                                # [S, 96]
+
+    def _embed_incremental(self, items, counts, offsets, mel_new):
+        """Incremental path: one batched step call per round; round j advances every item with more
+        than j steps by one step (real-time streams have k = 1: one call for the whole batch)."""
+        embs = np.empty((len(mel_new), EMB_DIM), np.float32)
+        caches = [list(it.acoustic) for it in items]
+        for j in range(max(counts)):
+            live = [i for i, k in enumerate(counts) if k > j]
+            rows = [offsets[i] + j for i in live]
+            stacked = [np.stack([caches[i][c] for i in live]) for c in range(len(caches[live[0]]))]
+            out, new = self.incremental.step(mel_new[rows].reshape(len(live), NEW_FRAMES, 32), stacked)
+            embs[rows] = out
+            for n, i in enumerate(live):
+                caches[i] = [c[n] for c in new]
+        return embs, caches

@@ -19,7 +19,12 @@ def heads():
 
 @pytest.fixture(scope="module")
 def frontend(heads):
-    return WakewordFrontEnd("float", heads)
+    return WakewordFrontEnd("float", heads)                      # incremental embedding (the default)
+
+
+@pytest.fixture(scope="module")
+def window_frontend(heads):
+    return WakewordFrontEnd("float", heads, incremental=False)   # full 76-frame window every step
 
 
 def windows(x, n=None):
@@ -52,22 +57,72 @@ def test_stepwise_equals_multistep_equals_cross_stream_batch(frontend, heads):
         w = windows(x)
         for s in range(12):
             r = frontend.run_batch([StepRequest(w[s:s + 1], mel, emb, ("hey_livekit",), np.ones(1, bool))])[0]
-            mel, emb = r.mel_hist, r.emb_hist
+            mel, emb = r.acoustic, r.emb_hist
             scores.append(r.scores["hey_livekit"][0])
         np.testing.assert_allclose(res.scores["hey_livekit"], scores, atol=1e-5)
         np.testing.assert_allclose(res.emb_hist, emb, atol=1e-4)
 
 
-def test_heads_share_one_front_end_call(frontend, heads, monkeypatch):
-    calls = {"mel": 0, "emb": 0}
-    mel_infer, emb_infer = frontend.mel.infer, frontend.emb.infer
-    monkeypatch.setattr(frontend.mel, "infer", lambda f: (calls.__setitem__("mel", calls["mel"] + 1), mel_infer(f))[1])
-    monkeypatch.setattr(frontend.emb, "infer", lambda f: (calls.__setitem__("emb", calls["emb"] + 1), emb_infer(f))[1])
-    reqs = [StepRequest(windows(np.zeros(STEP * 3, np.float32)), *frontend.initial_state(), tuple(heads),
-                        np.ones(3, bool)) for _ in range(4)]
-    res = frontend.run_batch(reqs)
+def count_calls(monkeypatch, engines):
+    calls = {name: 0 for name in engines}
+    for name, eng in engines.items():
+        def counted(feed, _orig=eng.infer, _name=name):
+            calls[_name] += 1
+            return _orig(feed)
+        monkeypatch.setattr(eng, "infer", counted)
+    return calls
+
+
+def test_heads_share_one_front_end_call(frontend, window_frontend, heads, monkeypatch):
+    reqs = lambda fe: [StepRequest(windows(np.zeros(STEP * 3, np.float32)), *fe.initial_state(), tuple(heads),  # noqa: E731
+                                   np.ones(3, bool)) for _ in range(4)]
+    calls = count_calls(monkeypatch, {"mel": window_frontend.mel, "emb": window_frontend.emb})
+    res = window_frontend.run_batch(reqs(window_frontend))
     assert calls == {"mel": 1, "emb": 1}                       # 4 streams x 3 steps x 2 heads, one call each
     assert all(set(r.scores) == set(heads) for r in res)
+    calls = count_calls(monkeypatch, {"mel": frontend.mel, "step": frontend.incremental.engine})
+    res = frontend.run_batch(reqs(frontend))
+    assert calls == {"mel": 1, "step": 3}                      # one batched step call per step, all 4 streams in it
+    assert all(set(r.scores) == set(heads) for r in res)
+
+
+def test_incremental_embedding_equals_full_window(frontend, window_frontend):
+    """Real speech, streamed step by step in both modes (and as one multi-step request):
+    same embeddings and same head scores."""
+    base = shared_or_skip("wakeword", "heads")
+    x, _ = sf.read(base / "positive.wav", dtype="float32")
+    w = windows(x)
+    whole = {}
+    for name, fe in (("inc", frontend), ("win", window_frontend)):
+        whole[name] = fe.run_batch([StepRequest(w, *fe.initial_state(), ("hey_livekit",), np.ones(len(w), bool))])[0]
+    np.testing.assert_allclose(whole["inc"].emb_hist, whole["win"].emb_hist, atol=1e-4)
+    np.testing.assert_allclose(whole["inc"].scores["hey_livekit"], whole["win"].scores["hey_livekit"], atol=1e-5)
+    assert whole["inc"].scores["hey_livekit"].max() > 0.9          # and it is the real detection, not a constant
+    acoustic, emb = frontend.initial_state()
+    for s in range(len(w)):
+        r = frontend.run_batch([StepRequest(w[s:s + 1], acoustic, emb, ("hey_livekit",), np.ones(1, bool))])[0]
+        acoustic, emb = r.acoustic, r.emb_hist
+        assert abs(r.scores["hey_livekit"][0] - whole["win"].scores["hey_livekit"][s]) < 1e-5, s
+
+
+def test_incremental_graph_rejects_a_time_padded_conv(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from voxserve.engines.base import EngineError
+    from voxserve.server.stages.wakeword_incremental import incremental_graph
+
+    x = helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["b", 76, 32, 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4, 76, 32])
+    inits = [numpy_helper.from_array(np.array([-1, 1, 76, 32], np.int64), "shape"),
+             numpy_helper.from_array(np.zeros((4, 1, 3, 3), np.float32), "w")]
+    nodes = [helper.make_node("Reshape", ["input_1", "shape"], ["r"]),
+             helper.make_node("Conv", ["r", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    path = tmp_path / "padded.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "padded", [x], [y], inits),
+                                opset_imports=[helper.make_opsetid("", 13)]), path)
+    with pytest.raises(EngineError, match="padding"):
+        incremental_graph(path)
 
 
 def test_mel_batch_fix_equals_single_calls():
