@@ -1,4 +1,10 @@
-"""Deterministic audio augmentation for training data: noise at an SNR, gain, synthetic reverberation."""
+"""Deterministic audio augmentation for training data: noise at an SNR, gain, synthetic reverberation.
+
+Besides stationary coloured noise, :func:`background_bank` makes the kinds of non-stationary background
+that real devices hear (and that the evaluation's recorded noise contains): speech babble from several
+synthetic talkers, plucked-string music, and taps/knocks. All are synthesised here from a seed; no
+recorded noise is used for training (the recordings in ``../shared/eval`` are kept for evaluation).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,53 @@ def colored_noise(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
         spec /= np.sqrt(f) if kind == "pink" else f
         x = np.fft.irfft(spec, n)
     return (x / (np.sqrt(np.mean(x ** 2)) + 1e-12)).astype(np.float32)
+
+
+def plucked_music(rng: np.random.Generator, n: int, rate: int = 16000) -> np.ndarray:
+    """Random plucked-string notes (decaying harmonics, guitar-like), overlapping, unit RMS."""
+    y = np.zeros(n, np.float64)
+    t_note = np.arange(int(1.5 * rate)) / rate
+    pos = 0
+    while pos < n:
+        f0 = 82.4 * 2 ** (rng.integers(0, 36) / 12)                     # E2 .. E5
+        decay = rng.uniform(1.5, 6.0)
+        note = sum((rng.uniform(0.2, 1.0) / h) * np.sin(2 * np.pi * f0 * h * t_note + rng.uniform(0, 6.28))
+                   * np.exp(-decay * h ** 0.5 * t_note) for h in range(1, 9) if f0 * h < rate / 2)
+        end = min(n, pos + len(t_note))
+        y[pos:end] += note[: end - pos] * rng.uniform(0.3, 1.0)
+        pos += int(rng.uniform(0.12, 0.6) * rate)
+    return (y / (np.sqrt(np.mean(y ** 2)) + 1e-12)).astype(np.float32)
+
+
+def taps(rng: np.random.Generator, n: int, rate: int = 16000) -> np.ndarray:
+    """Knocks, taps and clicks: short resonant decaying bursts at random times, unit RMS."""
+    y = np.zeros(n, np.float64)
+    for _ in range(max(1, int(n / rate * rng.uniform(1, 6)))):
+        length = int(rng.uniform(0.01, 0.15) * rate)
+        t = np.arange(length) / rate
+        burst = rng.standard_normal(length) * np.exp(-t / rng.uniform(0.005, 0.04))
+        burst += np.sin(2 * np.pi * rng.uniform(150, 3000) * t) * np.exp(-t / rng.uniform(0.01, 0.05))
+        at = int(rng.integers(0, max(1, n - length)))
+        y[at:at + length] += burst * rng.uniform(0.2, 1.0)
+    return (y / (np.sqrt(np.mean(y ** 2)) + 1e-12)).astype(np.float32)
+
+
+def babble(rng: np.random.Generator, n: int, talkers: list[np.ndarray]) -> np.ndarray:
+    """2-5 overlapping talkers from ``talkers`` (16 kHz clips), each looped from a random offset, unit RMS."""
+    y = np.zeros(n, np.float64)
+    for _ in range(int(rng.integers(2, 6))):
+        src = talkers[int(rng.integers(len(talkers)))]
+        start = int(rng.integers(len(src)))
+        y += np.resize(np.roll(src, -start), n) * rng.uniform(0.5, 1.0)
+    return (y / (np.sqrt(np.mean(y ** 2)) + 1e-12)).astype(np.float32)
+
+
+def background_bank(rng: np.random.Generator, talkers: list[np.ndarray], per_kind: int = 40,
+                    seconds: float = 6.0) -> list[np.ndarray]:
+    """``per_kind`` unit-RMS clips each of babble, plucked music and taps, for :func:`augment`'s ``noises``."""
+    n = int(seconds * 16000)
+    return ([babble(rng, n, talkers) for _ in range(per_kind)] + [plucked_music(rng, n) for _ in range(per_kind)]
+            + [taps(rng, n) for _ in range(per_kind)])
 
 
 def synthetic_rir(rng: np.random.Generator, rt60: float, rate: int = 16000) -> np.ndarray:

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--seed", type=int, default=1234)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--repitch", type=float, default=0.0, help="share of clips re-pitched by our shifter (0-1)")
+    t.add_argument("--backgrounds", action=argparse.BooleanOptionalAction, default=False,
+                   help="mix babble / music / tap backgrounds besides coloured noise (experimental)")
+    t.add_argument("--ensemble", type=int, default=1, help="heads trained on independent data (seeds seed..seed+K-1), scores averaged")
     e = sub.add_parser("eval", help="FRR / false accepts per hour report with a DET curve")
     e.add_argument("model", type=Path)
     e.add_argument("--phrase", required=True)
@@ -45,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = TrainConfig(args.phrase, positives=args.positives, adversarial=args.adversarial,
                           sentences=args.sentences, epochs=args.epochs, seed=args.seed, threads=args.threads,
-                          repitch=args.repitch)
+                          repitch=args.repitch, backgrounds=args.backgrounds,
+                          ensemble=args.ensemble)
         print(json.dumps(train(cfg, args.out)))
         return 0
     from .wakeword_eval import evaluate

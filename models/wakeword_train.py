@@ -14,6 +14,9 @@ Held out for evaluation (``wakeword_eval``): the flite voice ``slt`` and every e
 
 Features are computed by the same front end the server runs (:class:`WakewordFrontEnd`, flavour
 ``oww``: openWakeWord's int16 scaling), so the head sees exactly what it sees in production.
+Optional (off by default; measured, see bench/RESULTS.md): ``backgrounds`` adds synthetic babble, plucked
+music and taps to the noise kinds; ``ensemble`` K averages K heads trained on independent data.
+
 Model: [16, 96] embeddings -> Linear 1536x64 -> LayerNorm -> ReLU -> Linear 64x64 -> LayerNorm ->
 ReLU -> Linear 64x1 -> sigmoid, trained with binary cross-entropy (positives weighted up by the square
 root of the class ratio).
@@ -31,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tts
-from .augment import VoiceShifter, augment, colored_noise
+from .augment import VoiceShifter, augment, background_bank, colored_noise
 
 log = logging.getLogger("voxserve.wakeword.train")
 
@@ -72,6 +75,8 @@ class TrainConfig:
     seed: int = 1234
     threads: int = 2
     repitch: float = 0.0       # share of phrase clips re-pitched by our own shifter (0 for the shipped model)
+    backgrounds: bool = False  # babble / music / taps backgrounds besides coloured noise (augment.background_bank)
+    ensemble: int = 1          # heads trained on independent data (seeds seed, seed+1, ...), scores averaged
 
 
 def place_at_end(rng: np.random.Generator, clip: np.ndarray, total: int, tail: int) -> np.ndarray:
@@ -136,15 +141,19 @@ def build_dataset(cfg: TrainConfig, fx: FeatureExtractor) -> tuple[np.ndarray, n
             return shifter(clip, float(rng.uniform(-5, 8)), float(rng.uniform(-3, 5)))
         return clip
 
+    bank = None
+    if cfg.backgrounds:
+        talkers = [tts.synth(tts.random_sentence(rnd), v) for v in voices(60)]
+        bank = background_bank(rng, talkers)
     pos_streams = []
     for v in voices(cfg.positives):
         clip = diversify(tts.synth(cfg.phrase, v))
-        pos_streams.append(place_at_end(rng, augment(rng, clip), total, int(rng.uniform(0.0, 0.16) * 16000)))
+        pos_streams.append(place_at_end(rng, augment(rng, clip, bank), total, int(rng.uniform(0.0, 0.16) * 16000)))
     adv = near_phrases(cfg.phrase)
     neg_streams = []
     for v in voices(cfg.adversarial):
         clip = diversify(tts.synth(rnd.choice(adv), v))
-        neg_streams.append(place_at_end(rng, augment(rng, clip), total, int(rng.uniform(0.0, 0.3) * 16000)))
+        neg_streams.append(place_at_end(rng, augment(rng, clip, bank), total, int(rng.uniform(0.0, 0.3) * 16000)))
     log.info("synthesised phrases", extra={"positives": len(pos_streams), "adversarial": len(neg_streams),
                                            "seconds": round(time.time() - t0, 1)})
     long_streams = []
@@ -152,12 +161,15 @@ def build_dataset(cfg: TrainConfig, fx: FeatureExtractor) -> tuple[np.ndarray, n
     for i in range(0, cfg.sentences, 10):
         parts = []
         for v in sent_voices[i:i + 10]:
-            parts.append(augment(rng, tts.synth(tts.random_sentence(rnd), v)))
+            parts.append(augment(rng, tts.synth(tts.random_sentence(rnd), v), bank))
             parts.append(np.zeros(int(rng.uniform(0.1, 0.8) * 16000), np.float32))
         long_streams.append(np.concatenate(parts))
-    for _ in range(cfg.noise_streams):
-        kind = rnd.choice(["white", "pink", "brown"])
-        long_streams.append(colored_noise(rng, 16000 * 8, kind) * 10 ** (rng.uniform(-50, -10) / 20))
+    for i in range(cfg.noise_streams):
+        if bank and i % 2:
+            x = np.resize(bank[int(rng.integers(len(bank)))], 16000 * 8)
+        else:
+            x = colored_noise(rng, 16000 * 8, rnd.choice(["white", "pink", "brown"]))
+        long_streams.append(x * 10 ** (rng.uniform(-50, -10) / 20))
     log.info("synthesised long negatives", extra={"streams": len(long_streams), "seconds": round(time.time() - t0, 1)})
 
     last = N_EMB + 2
@@ -214,6 +226,24 @@ def train_head(X: np.ndarray, y: np.ndarray, cfg: TrainConfig):
     return model.eval()
 
 
+class AveragedHeads:
+    """Builds the torch module whose score is the mean of its members' scores (one openWakeWord head)."""
+
+    @staticmethod
+    def build(members: list):
+        import torch
+
+        class Mean(torch.nn.Module):
+            def __init__(self, heads):
+                super().__init__()
+                self.heads = torch.nn.ModuleList(heads)
+
+            def forward(self, x):
+                return torch.stack([h(x) for h in self.heads]).mean(dim=0)
+
+        return members[0] if len(members) == 1 else Mean(members).eval()
+
+
 def export_head(model, out: Path, cfg: TrainConfig, extra: dict) -> None:
     import torch
 
@@ -230,11 +260,21 @@ def export_head(model, out: Path, cfg: TrainConfig, extra: dict) -> None:
 
 
 def train(cfg: TrainConfig, out: Path) -> dict:
+    """Train ``cfg.ensemble`` heads, each on its own synthetic data set (seed ``cfg.seed + k``: other
+    voices, phrases, noise), and export their averaged score as one head (the default, 1, is the
+    shipped recipe; see bench/RESULTS.md, "Wakeword training experiments", for what averaging did)."""
+    import dataclasses
+
     t0 = time.time()
     fx = FeatureExtractor(cfg.threads)
-    X, y = build_dataset(cfg, fx)
-    model = train_head(X, y, cfg)
-    stats = {"windows": int(len(y)), "positives": int(y.sum()), "train_seconds": round(time.time() - t0, 1)}
-    export_head(model, out, cfg, stats)
+    members, windows, positives = [], 0, 0
+    for k in range(max(1, cfg.ensemble)):
+        member_cfg = dataclasses.replace(cfg, seed=cfg.seed + k)
+        X, y = build_dataset(member_cfg, fx)
+        members.append(train_head(X, y, member_cfg))
+        windows, positives = windows + int(len(y)), positives + int(y.sum())
+    stats = {"windows": windows, "positives": positives, "members": len(members),
+             "train_seconds": round(time.time() - t0, 1)}
+    export_head(AveragedHeads.build(members), out, cfg, stats)
     log.info("trained", extra={"out": str(out), **stats})
     return stats

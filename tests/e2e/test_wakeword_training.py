@@ -23,11 +23,11 @@ def test_train_and_eval_cli_produce_a_loadable_head_and_a_report(tmp_path):
     exe = str(Path(sys.executable).parent / "voxserve-wakeword")
     out = tmp_path / "hey_computer.onnx"
     subprocess.run([exe, "train", "hey computer", "--out", str(out), "--positives", "24", "--adversarial", "24",
-                    "--sentences", "10", "--epochs", "2"], check=True, capture_output=True, timeout=300)
+                    "--sentences", "10", "--epochs", "2", "--ensemble", "2"], check=True, capture_output=True, timeout=300)
     head = Head.load(out)
     assert head.n_embeddings == 16 and head.flavour == "oww" and head.batchable
     meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["phrase"] == "hey computer" and meta["config"]["positives"] == 24
+    assert meta["phrase"] == "hey computer" and meta["config"]["positives"] == 24 and meta["members"] == 2
     report = tmp_path / "report"
     subprocess.run([exe, "eval", str(out), "--phrase", "hey computer", "--out", str(report), "--shared", str(SHARED),
                     "--positives", "8", "--synthetic-minutes", "0.2"], check=True, capture_output=True, timeout=300)
@@ -35,3 +35,22 @@ def test_train_and_eval_cli_produce_a_loadable_head_and_a_report(tmp_path):
     assert result["positives"] == 8 and len(result["det"]) == 19 and result["negative_hours"] > 0
     assert "| threshold | FRR % |" in (report / "wakeword-eval.md").read_text()
     assert (report / "wakeword-det.png").stat().st_size > 1000
+
+
+def test_averaged_heads_export_scores_the_mean_of_the_members(tmp_path):
+    torch = pytest.importorskip("torch", reason="training needs PyTorch (pip install 'voxserve[export]')")
+    import numpy as np
+
+    from voxserve.models.wakeword_train import AveragedHeads, TrainConfig, export_head, make_head
+
+    torch.manual_seed(0)
+    members = [make_head().eval() for _ in range(3)]
+    out = tmp_path / "avg.onnx"
+    export_head(AveragedHeads.build(members), out, TrainConfig("hey test"), {})
+    x = np.random.default_rng(0).standard_normal((5, 16, 96)).astype(np.float32)
+    with torch.no_grad():
+        expect = torch.stack([m(torch.from_numpy(x)) for m in members]).mean(0).numpy().reshape(-1)
+        single = members[0](torch.from_numpy(x)).numpy().reshape(-1)
+    got = Head.load(out).score(x)
+    np.testing.assert_allclose(got, expect, atol=1e-5)
+    assert np.abs(got - single).max() > 1e-3                 # the mean, not just the first member
