@@ -15,8 +15,9 @@ on real audio and score digital silence unpredictably.
 
 VAD gating: with ``gating`` on, steps are computed only while the VAD hears speech (and for
 ``gate_hangover_ms`` after). When speech starts, the last 9 + N steps (N = the longest head input of
-the stream: 2.0 s for 16-embedding heads) are computed first, which rebuilds the mel and embedding
-histories exactly as if nothing had been skipped, so every score
+the stream: 2.0 s for 16-embedding heads) are computed first, which rebuilds the acoustic state (mel
+history or incremental-embedding caches: both depend only on the last 76 mel frames) and the embedding
+history exactly as if nothing had been skipped, so every score
 inside and around speech is identical to ungated detection; only steps in long silence are not scored.
 """
 
