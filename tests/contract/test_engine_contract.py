@@ -178,3 +178,30 @@ def test_real_wakeword_embedding_batched_equals_unbatched():
     batched = eng.infer({name: x})[eng.outputs[0].name]
     single = np.concatenate([eng.infer({name: x[i:i + 1]})[eng.outputs[0].name] for i in range(6)])
     np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if not k.startswith("torch")])
+def test_real_incremental_embedding_streams_like_the_full_window(kind):
+    """The rewritten step graph on every ONNX engine kind: stepping 8 frames at a time through a batch
+    of streams gives the full-window embeddings of the original graph (run on ONNX Runtime CPU)."""
+    from voxserve.engines.graph_fixes import cached_derivative
+    from voxserve.server.stages.wakeword_incremental import CACHE_ROWS, incremental_graph
+    from voxserve.server.stages.wakeword_model import frontend_paths
+
+    _, emb_path = frontend_paths()
+    full = create_engine(emb_path, "onnxruntime-cpu")
+    step = make_engine(kind, cached_derivative(emb_path, "incremental", incremental_graph))
+    rng = np.random.default_rng(1)
+    frames = rng.uniform(0, 3, (4, 76 + 8 * 6, 32)).astype(np.float32)      # 4 streams, 6 steps after a window
+    caches = [np.zeros((4, s.shape[1], CACHE_ROWS, s.shape[3]), np.float32) for s in step.inputs[1:]]
+    got = []
+    for j in range(len(frames[0]) // 8):
+        out = step.infer({step.inputs[0].name: frames[:, 8 * j:8 * j + 8, :, None],
+                          **{s.name: c for s, c in zip(step.inputs[1:], caches)}})
+        caches = [out["next_" + s.name] for s in step.inputs[1:]]
+        got.append(out[step.outputs[0].name].reshape(4, 96))
+    tol = TOL.get(kind, 1e-4) * 50                                             # fp16 engines: looser
+    for j in range(9, len(got)):           # from step 9 on, every cached row comes from the stream's frames
+        window = frames[:, 8 * j - 68:8 * j + 8, :, None]
+        expect = full.infer({full.inputs[0].name: window})[full.outputs[0].name].reshape(4, 96)
+        np.testing.assert_allclose(got[j], expect, atol=tol, rtol=1e-3)
