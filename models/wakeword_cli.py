@@ -16,40 +16,45 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="voxserve-wakeword", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .wakeword_train import TrainConfig
+
+    d = TrainConfig("")                                   # the recipe's defaults, in one place
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a head from synthetic speech")
     t.add_argument("phrase")
     t.add_argument("--out", required=True, type=Path, help="output .onnx (a .json with metadata is written beside)")
-    t.add_argument("--positives", type=int, default=1600)
-    t.add_argument("--adversarial", type=int, default=1200)
-    t.add_argument("--sentences", type=int, default=500)
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--seed", type=int, default=1234)
-    t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--repitch", type=float, default=0.0, help="share of clips re-pitched by our shifter (0-1)")
-    t.add_argument("--backgrounds", action=argparse.BooleanOptionalAction, default=False,
+    t.add_argument("--positives", type=int, default=d.positives)
+    t.add_argument("--adversarial", type=int, default=d.adversarial)
+    t.add_argument("--sentences", type=int, default=d.sentences)
+    t.add_argument("--epochs", type=int, default=d.epochs)
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--threads", type=int, default=d.threads)
+    t.add_argument("--repitch", type=float, default=d.repitch, help="share of clips re-pitched by our shifter (0-1)")
+    t.add_argument("--backgrounds", action=argparse.BooleanOptionalAction, default=d.backgrounds,
                    help="mix babble / music / tap backgrounds besides coloured noise (experimental)")
-    t.add_argument("--ensemble", type=int, default=1, help="heads trained on independent data (seeds seed..seed+K-1), scores averaged")
+    t.add_argument("--dropout", type=float, default=d.dropout, help="dropout while training the head")
+    t.add_argument("--ensemble", type=int, default=d.ensemble, help="heads trained on independent data (seeds seed..seed+K-1), scores averaged")
     e = sub.add_parser("eval", help="FRR / false accepts per hour report with a DET curve")
     e.add_argument("model", type=Path)
     e.add_argument("--phrase", required=True)
     e.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared",
                    help="folder holding eval/speech and eval/noise (default: ../shared beside the checkout)")
     e.add_argument("--out", type=Path, default=Path("bench/wakeword"))
-    e.add_argument("--positives", type=int, default=300)
-    e.add_argument("--synthetic-minutes", type=float, default=30.0)
+    e.add_argument("--positives", type=int, default=600)
+    e.add_argument("--synthetic-minutes", type=float, default=120.0,
+                   help="long synthetic speech added to the negatives (2 h resolves 0.5 false accepts/hour)")
     args = p.parse_args(argv)
     from voxserve.server.logs import configure
 
     configure("info", "text")
     logging.getLogger("voxserve").setLevel(logging.INFO)
     if args.command == "train":
-        from .wakeword_train import TrainConfig, train
+        from .wakeword_train import train
 
         cfg = TrainConfig(args.phrase, positives=args.positives, adversarial=args.adversarial,
                           sentences=args.sentences, epochs=args.epochs, seed=args.seed, threads=args.threads,
                           repitch=args.repitch, backgrounds=args.backgrounds,
-                          ensemble=args.ensemble)
+                          ensemble=args.ensemble, dropout=args.dropout)
         print(json.dumps(train(cfg, args.out)))
         return 0
     from .wakeword_eval import evaluate

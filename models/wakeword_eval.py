@@ -6,7 +6,8 @@ flite's ``slt``), reverberated and mixed with the real recorded noise of ``../sh
 threshold, the server's patience 1) at any step from the phrase start to 1 s after its end.
 Negatives: every recording in ``../shared/eval`` (real speech and noise; none contains the phrase)
 plus long synthetic speech (random sentences, a seed the trainer does not use), streamed as the
-server streams them; false accepts are counted with the server's 2 s refractory time.
+server streams them; false accepts are counted with the server's 2 s refractory time. Defaults: 600
+positives and 2 h of synthetic speech, so that 0.5 false accepts/hour is one event, not zero.
 The scoring path is the server's front end and head, step by step from the start of each stream.
 """
 
@@ -74,7 +75,7 @@ class EvalSet:
     synthetic_minutes: float
 
 
-def build_eval_set(phrase: str, shared: Path, n: int, *, positives: int = 300, synthetic_minutes: float = 30.0,
+def build_eval_set(phrase: str, shared: Path, n: int, *, positives: int = 600, synthetic_minutes: float = 120.0,
                    threads: int = 2) -> EvalSet:
     tts.require_espeak()
     fx = FeatureExtractor(threads)
@@ -152,8 +153,8 @@ def score_eval_set(score, es: EvalSet) -> dict:
                                           for k, v in sorted(by_voice.items())}}
 
 
-def evaluate(model: Path, phrase: str, shared: Path, out_dir: Path, *, positives: int = 300,
-             synthetic_minutes: float = 30.0, threads: int = 2) -> dict:
+def evaluate(model: Path, phrase: str, shared: Path, out_dir: Path, *, positives: int = 600,
+             synthetic_minutes: float = 120.0, threads: int = 2) -> dict:
     from voxserve.server.stages.wakeword_model import Head
 
     t0 = time.time()

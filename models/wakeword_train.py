@@ -19,7 +19,8 @@ music and taps to the noise kinds; ``ensemble`` K averages K heads trained on in
 
 Model: [16, 96] embeddings -> Linear 1536x64 -> LayerNorm -> ReLU -> Linear 64x64 -> LayerNorm ->
 ReLU -> Linear 64x1 -> sigmoid, trained with binary cross-entropy (positives weighted up by the square
-root of the class ratio).
+root of the class ratio), dropout 0.3 on the input and the first hidden layer. The data sizes and dropout
+are what cut false accepts most in the experiments of bench/RESULTS.md ("Wakeword training experiments").
 """
 
 from __future__ import annotations
@@ -67,15 +68,16 @@ def near_phrases(phrase: str) -> list[str]:
 @dataclass
 class TrainConfig:
     phrase: str
-    positives: int = 1600
-    adversarial: int = 1200
-    sentences: int = 500
+    positives: int = 3000
+    adversarial: int = 2400
+    sentences: int = 3500      # ~3.5 h of ordinary synthetic speech as negatives
     noise_streams: int = 60
     epochs: int = 30
     seed: int = 1234
     threads: int = 2
     repitch: float = 0.0       # share of phrase clips re-pitched by our own shifter (0 for the shipped model)
     backgrounds: bool = False  # babble / music / taps backgrounds besides coloured noise (augment.background_bank)
+    dropout: float = 0.3       # on the head's input and first hidden layer while training
     ensemble: int = 1          # heads trained on independent data (seeds seed, seed+1, ...), scores averaged
 
 
@@ -89,31 +91,50 @@ def place_at_end(rng: np.random.Generator, clip: np.ndarray, total: int, tail: i
 
 
 class FeatureExtractor:
-    """Embeddings exactly as the server computes them (streaming steps from the start of a stream)."""
+    """Embeddings exactly as the server computes them (streaming steps from the start of a stream):
+    the mel model over every step's window, then the incremental embedding stepped through many
+    streams at once (``batch`` streams per engine call, longest first)."""
 
-    def __init__(self, threads: int = 2):
+    def __init__(self, threads: int = 2, batch: int = 64):
         from voxserve.server.stages.wakeword_model import WakewordFrontEnd
 
-        self.fe = WakewordFrontEnd("oww", {}, "onnxruntime-cpu", intra_op_threads=threads, incremental=False)
+        self.fe = WakewordFrontEnd("oww", {}, "onnxruntime-cpu", intra_op_threads=threads, incremental=True)
+        self.batch = batch
+
+    def _mel_steps(self, x: np.ndarray) -> np.ndarray:
+        from voxserve.server.stages.wakeword_model import MEL_WINDOW, STEP
+
+        n = len(x) // STEP
+        padded = np.concatenate([np.zeros(MEL_WINDOW, np.float32), x[: n * STEP]])
+        wins = np.lib.stride_tricks.sliding_window_view(padded, MEL_WINDOW)[STEP::STEP][:n]
+        if n == 0:
+            return np.zeros((0, 8, 32), np.float32)
+        return np.concatenate([self.fe._mel(wins[i:i + 256]) for i in range(0, n, 256)])       # [n, 8, 32]
 
     def stream_embeddings(self, streams: list[np.ndarray], last: int | None = None) -> list[np.ndarray]:
         """For each stream (16 kHz, starting at t = 0): embeddings of every step, or of the ``last`` steps."""
-        from voxserve.server.stages.wakeword_model import EMB_WINDOW, MEL_HISTORY, MEL_WINDOW, STEP
-
-        out = []
-        for x in streams:
-            n = len(x) // STEP
-            padded = np.concatenate([np.zeros(MEL_WINDOW, np.float32), x[: n * STEP]])
-            wins = np.lib.stride_tricks.sliding_window_view(padded, MEL_WINDOW)[STEP::STEP][:n]
-            mel = np.concatenate([self.fe._mel(wins[i:i + 256]) for i in range(0, n, 256)]).reshape(-1, 32)
-            frames = np.concatenate([self.fe.silent_mel, mel])             # 68 silent frames first
-            first = 0 if last is None else max(0, n - last)
-            idx = np.arange(first, n)
-            windows = np.stack([frames[8 * j: 8 * j + EMB_WINDOW] for j in idx])
-            embs = np.concatenate([self.fe._emb(windows[i:i + 256]) for i in range(0, len(windows), 256)])
-            assert MEL_HISTORY == 68
-            out.append(embs.astype(np.float32))
-        return out
+        inc = self.fe.incremental
+        order = sorted(range(len(streams)), key=lambda i: -len(streams[i]))
+        out: list[np.ndarray | None] = [None] * len(streams)
+        for c0 in range(0, len(order), self.batch):
+            group = order[c0:c0 + self.batch]                     # longest first: live streams are a prefix
+            mels = [self._mel_steps(streams[i]) for i in group]
+            counts = [len(m) for m in mels]
+            steps = np.zeros((len(group), max(counts, default=0), 8, 32), np.float32)
+            for k, m in enumerate(mels):
+                steps[k, :len(m)] = m
+            embs = np.zeros((len(group), steps.shape[1], 96), np.float32)
+            caches = [np.repeat(c[None], len(group), axis=0) for c in inc.initial_caches()]
+            live = len(group)
+            for j in range(steps.shape[1]):
+                while live and counts[live - 1] <= j:
+                    live -= 1
+                caches = [c[:live] for c in caches]
+                embs[:live, j], caches = inc.step(steps[:live, j], caches)
+            for k, i in enumerate(group):
+                e = embs[k, :counts[k]]
+                out[i] = e if last is None else e[max(0, counts[k] - last):]
+        return out  # type: ignore[return-value]
 
 
 def sliding_windows(embs: np.ndarray, n: int = N_EMB, start: int = N_EMB + 9) -> np.ndarray:
@@ -183,11 +204,14 @@ def build_dataset(cfg: TrainConfig, fx: FeatureExtractor) -> tuple[np.ndarray, n
     return X.astype(np.float32), y
 
 
-def make_head(n: int = N_EMB):
+def make_head(n: int = N_EMB, dropout: float = 0.0):
+    """The head: [n, 96] -> 64 -> 64 -> score; ``dropout`` on the input and the first hidden layer while
+    training (no layers at all when 0; identity in the exported, evaluation-mode graph)."""
     import torch
 
+    drop = [torch.nn.Dropout(dropout)] if dropout > 0 else []
     return torch.nn.Sequential(
-        torch.nn.Flatten(), torch.nn.Linear(n * 96, 64), torch.nn.LayerNorm(64), torch.nn.ReLU(),
+        torch.nn.Flatten(), *drop, torch.nn.Linear(n * 96, 64), torch.nn.LayerNorm(64), torch.nn.ReLU(), *drop,
         torch.nn.Linear(64, 64), torch.nn.LayerNorm(64), torch.nn.ReLU(), torch.nn.Linear(64, 1), torch.nn.Sigmoid())
 
 
@@ -196,7 +220,7 @@ def train_head(X: np.ndarray, y: np.ndarray, cfg: TrainConfig):
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    model = make_head()
+    model = make_head(dropout=cfg.dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-3)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     n_pos = float(y.sum())
@@ -218,8 +242,10 @@ def train_head(X: np.ndarray, y: np.ndarray, cfg: TrainConfig):
             total += float(loss.detach()) * len(idx)
         sched.step()
         if epoch % 5 == 4 or epoch == cfg.epochs - 1:
+            model.eval()
             with torch.no_grad():
                 p = model(Xt).squeeze(1).numpy()
+            model.train()
             log.info("epoch", extra={"epoch": epoch + 1, "loss": round(total / len(Xt), 5),
                                      "train_recall": round(float((p[y > 0.5] >= 0.5).mean()), 4),
                                      "train_false_pos": int((p[y < 0.5] >= 0.5).sum())})
