@@ -29,10 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--epochs", type=int, default=d.epochs)
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--threads", type=int, default=d.threads)
-    t.add_argument("--repitch", type=float, default=d.repitch, help="share of clips re-pitched by our shifter (0-1)")
+    t.add_argument("--repitch", type=float, default=d.repitch, help="share of phrase clips that also get a re-pitched copy (0-1)")
     t.add_argument("--backgrounds", action=argparse.BooleanOptionalAction, default=d.backgrounds,
                    help="mix babble / music / tap backgrounds besides coloured noise (experimental)")
     t.add_argument("--dropout", type=float, default=d.dropout, help="dropout while training the head")
+    t.add_argument("--pos-weight-power", type=float, default=d.pos_weight_power,
+                   help="positives weigh (negatives/positives)**P in the loss; higher: fewer misses, more false accepts")
     t.add_argument("--ensemble", type=int, default=d.ensemble, help="heads trained on independent data (seeds seed..seed+K-1), scores averaged")
     e = sub.add_parser("eval", help="FRR / false accepts per hour report with a DET curve")
     e.add_argument("model", type=Path)
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(args.phrase, positives=args.positives, adversarial=args.adversarial,
                           sentences=args.sentences, epochs=args.epochs, seed=args.seed, threads=args.threads,
                           repitch=args.repitch, backgrounds=args.backgrounds,
-                          ensemble=args.ensemble, dropout=args.dropout)
+                          ensemble=args.ensemble, dropout=args.dropout,
+                          pos_weight_power=args.pos_weight_power)
         print(json.dumps(train(cfg, args.out)))
         return 0
     from .wakeword_eval import evaluate

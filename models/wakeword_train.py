@@ -2,9 +2,10 @@
 
 Data (all generated here, nothing downloaded; seeds fixed):
 - positives: the phrase spoken by random TTS voices (espeak-ng voice x variant x rate x pitch, and flite
-  voices when installed), optionally (``--repitch``) re-pitched and given another vocal-tract length by
-  the project's own shifter (``models/pitch_shift.py``), each augmented (reverb, noise, gain) and
-  placed at the end of a stream of 2.4 s with a low noise floor before it;
+  voices when installed); with ``--repitch F`` a share F of the clips also gets a copy with another pitch
+  and vocal-tract length from the project's own shifter (``models/pitch_shift.py``), as do the near misses
+  and a share F/4 of the ordinary-speech streams (so re-pitching is no cue); each clip augmented (reverb,
+  noise, gain) and placed at the end of a stream of 2.4 s with a low noise floor before it;
 - adversarial negatives: near-miss phrases (``hey jarvi``, ``hey travis``, ``jarvis`` alone, ...), the
   phrase's words apart, augmented the same way;
 - ordinary speech: random sentences from a 600-word vocabulary, concatenated into long streams and cut
@@ -19,7 +20,7 @@ music and taps to the noise kinds; ``ensemble`` K averages K heads trained on in
 
 Model: [16, 96] embeddings -> Linear 1536x64 -> LayerNorm -> ReLU -> Linear 64x64 -> LayerNorm ->
 ReLU -> Linear 64x1 -> sigmoid, trained with binary cross-entropy (positives weighted up by the square
-root of the class ratio), dropout 0.3 on the input and the first hidden layer. The data sizes and dropout
+root of the class ratio by default), dropout 0.3 on the input and the first hidden layer. The data sizes and dropout
 are what cut false accepts most in the experiments of bench/RESULTS.md ("Wakeword training experiments").
 """
 
@@ -75,9 +76,10 @@ class TrainConfig:
     epochs: int = 30
     seed: int = 1234
     threads: int = 2
-    repitch: float = 0.0       # share of phrase clips re-pitched by our own shifter (0 for the shipped model)
+    repitch: float = 0.0       # share of phrase clips that also get a re-pitched copy (our own shifter)
     backgrounds: bool = False  # babble / music / taps backgrounds besides coloured noise (augment.background_bank)
     dropout: float = 0.3       # on the head's input and first hidden layer while training
+    pos_weight_power: float = 0.5   # positives weigh (negatives / positives) ** this in the loss (1 = balanced)
     ensemble: int = 1          # heads trained on independent data (seeds seed, seed+1, ...), scores averaged
 
 
@@ -156,11 +158,15 @@ def build_dataset(cfg: TrainConfig, fx: FeatureExtractor) -> tuple[np.ndarray, n
     t0 = time.time()
     shifter = VoiceShifter() if cfg.repitch > 0 else None
 
-    def diversify(clip: np.ndarray) -> np.ndarray:
-        """``repitch`` of the clips get a new pitch and vocal-tract length from our own shifter."""
-        if shifter is not None and rng.random() < cfg.repitch:
-            return shifter(clip, float(rng.uniform(-5, 8)), float(rng.uniform(-3, 5)))
-        return clip
+    def reshaped(clip: np.ndarray) -> np.ndarray:
+        """The clip with a new pitch and vocal-tract length (the project's own shifter)."""
+        return shifter(clip, float(rng.uniform(-5, 8)), float(rng.uniform(-3, 5)))
+
+    def with_copy(clip: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The clip, plus (with probability ``repitch``) a re-pitched copy of it."""
+        if shifter is None or rng.random() >= cfg.repitch:
+            return (clip,)
+        return clip, reshaped(clip)
 
     bank = None
     if cfg.backgrounds:
@@ -168,21 +174,23 @@ def build_dataset(cfg: TrainConfig, fx: FeatureExtractor) -> tuple[np.ndarray, n
         bank = background_bank(rng, talkers)
     pos_streams = []
     for v in voices(cfg.positives):
-        clip = diversify(tts.synth(cfg.phrase, v))
-        pos_streams.append(place_at_end(rng, augment(rng, clip, bank), total, int(rng.uniform(0.0, 0.16) * 16000)))
+        for clip in with_copy(tts.synth(cfg.phrase, v)):
+            pos_streams.append(place_at_end(rng, augment(rng, clip, bank), total, int(rng.uniform(0.0, 0.16) * 16000)))
     adv = near_phrases(cfg.phrase)
     neg_streams = []
     for v in voices(cfg.adversarial):
-        clip = diversify(tts.synth(rnd.choice(adv), v))
-        neg_streams.append(place_at_end(rng, augment(rng, clip, bank), total, int(rng.uniform(0.0, 0.3) * 16000)))
+        for clip in with_copy(tts.synth(rnd.choice(adv), v)):
+            neg_streams.append(place_at_end(rng, augment(rng, clip, bank), total, int(rng.uniform(0.0, 0.3) * 16000)))
     log.info("synthesised phrases", extra={"positives": len(pos_streams), "adversarial": len(neg_streams),
                                            "seconds": round(time.time() - t0, 1)})
     long_streams = []
     sent_voices = voices(cfg.sentences)
     for i in range(0, cfg.sentences, 10):
         parts = []
+        reshape = shifter is not None and rng.random() < cfg.repitch / 4    # re-pitched speech is not a cue
         for v in sent_voices[i:i + 10]:
-            parts.append(augment(rng, tts.synth(tts.random_sentence(rnd), v), bank))
+            sentence = tts.synth(tts.random_sentence(rnd), v)
+            parts.append(augment(rng, reshaped(sentence) if reshape else sentence, bank))
             parts.append(np.zeros(int(rng.uniform(0.1, 0.8) * 16000), np.float32))
         long_streams.append(np.concatenate(parts))
     for i in range(cfg.noise_streams):
@@ -224,7 +232,7 @@ def train_head(X: np.ndarray, y: np.ndarray, cfg: TrainConfig):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-3)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     n_pos = float(y.sum())
-    w_pos = max(1.0, (len(y) - n_pos) / max(n_pos, 1.0)) ** 0.5     # partial re-balancing of the rare class
+    w_pos = max(1.0, (len(y) - n_pos) / max(n_pos, 1.0)) ** cfg.pos_weight_power   # partial re-balancing
     gen = torch.Generator().manual_seed(cfg.seed)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
     for epoch in range(cfg.epochs):

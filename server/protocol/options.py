@@ -15,10 +15,11 @@ from .errors import ErrorCode, ProtocolError
 
 @dataclass(frozen=True)
 class Option:
-    """One option: ``kind`` is ``bool``, ``int``, ``float``, ``str`` or ``list``.
+    """One option: ``kind`` is ``bool``, ``int``, ``float``, ``str``, ``list`` or ``dict``.
 
-    ``min``/``max`` bound numbers (inclusive); ``choices`` restricts values; ``updatable`` says
-    whether ``update`` may change it mid-stream.
+    ``min``/``max`` bound numbers (inclusive); ``choices`` restricts values (for a ``dict``: its keys);
+    ``updatable`` says whether ``update`` may change it mid-stream. A ``dict`` option maps keys to
+    option maps validated against ``fields`` (e.g. per-head overrides of a pipeline's options).
     """
 
     name: str
@@ -29,6 +30,7 @@ class Option:
     max: float | None = None
     choices: tuple | None = None
     updatable: bool = True
+    fields: tuple["Option", ...] | None = None
 
     def coerce(self, pipeline: str, value: Any) -> Any:
         where = f"{pipeline}.{self.name}"
@@ -50,6 +52,15 @@ class Option:
         elif self.kind is str:
             if not isinstance(value, str):
                 raise ProtocolError(ErrorCode.BAD_VALUE, f"{where} must be a string, got {value!r}")
+        elif self.kind is dict:
+            if not isinstance(value, dict):
+                raise ProtocolError(ErrorCode.BAD_VALUE, f"{where} must be a map")
+            out = {}
+            for key, sub in value.items():
+                if self.choices is not None and key not in self.choices:
+                    raise ProtocolError(ErrorCode.BAD_VALUE, f"{where}: {key!r} is not one of {list(self.choices)}")
+                out[key] = validate_options(PipelineSchema(f"{where}.{key}", self.fields or ()), sub)
+            return out
         elif self.kind is list:
             if isinstance(value, str):
                 value = [v for v in value.split(",") if v]
@@ -75,6 +86,8 @@ class Option:
             d["max"] = self.max
         if self.choices is not None:
             d["choices"] = list(self.choices)
+        if self.fields is not None:
+            d["fields"] = {f.name: f.describe() for f in self.fields}
         return d
 
 
@@ -92,7 +105,8 @@ class PipelineSchema:
         object.__setattr__(self, "by_name", {o.name: o for o in self.options})
 
     def defaults(self) -> dict:
-        return {o.name: (list(o.default) if isinstance(o.default, list) else o.default) for o in self.options}
+        return {o.name: (type(o.default)(o.default) if isinstance(o.default, (list, dict)) else o.default)
+                for o in self.options}
 
     def describe(self) -> dict:
         return {"doc": self.doc, "requires": list(self.requires),

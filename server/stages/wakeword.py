@@ -44,13 +44,19 @@ log = logging.getLogger("voxserve.wakeword")
 MAX_BACKFILL_STEPS = 34      # rebuilds 68 mel frames (9 steps) + 25 embeddings (the longest heads)
 MAX_STEPS_PER_REQUEST = 64
 
+DETECTION_OPTIONS = (
+    Option("threshold", float, 0.5, "score at or above which a step counts", min=0.0, max=1.0),
+    Option("patience", int, 1, "consecutive 80 ms steps at or above threshold before firing", min=1, max=50),
+    Option("refractory_ms", int, 2000, "after firing, the same head stays quiet this long", min=0, max=60000),
+)
+
 WAKEWORD_SCHEMA = PipelineSchema(
     "wakeword",
     (
         Option("models", list, [], "wakeword heads to run (names from /v1/info); empty = all loaded"),
-        Option("threshold", float, 0.5, "score at or above which a step counts", min=0.0, max=1.0),
-        Option("patience", int, 1, "consecutive 80 ms steps at or above threshold before firing", min=1, max=50),
-        Option("refractory_ms", int, 2000, "after firing, the same head stays quiet this long", min=0, max=60000),
+        *DETECTION_OPTIONS,
+        Option("heads", dict, {}, "per-head overrides of threshold / patience / refractory_ms, e.g. "
+               '{"hey_jarvis": {"threshold": 0.6}}; an update replaces the whole map', fields=DETECTION_OPTIONS),
         Option("gating", bool, True, "skip the front end during long silence (VAD-gated; events unchanged)"),
         Option("gate_hangover_ms", int, 1000, "keep scoring this long after speech ends", min=0, max=10000),
         Option("budget_ms", float, 200.0, "latency budget from audio arrival to scores", min=10.0, max=10000.0),
@@ -99,7 +105,7 @@ class WakewordStage(Stage):
             raise HeadError("no wakeword heads found: ship models in voxserve/models/wakeword or pass "
                             "--wakeword-models PATH")
         self.heads = heads
-        opts = tuple(dataclasses.replace(o, choices=tuple(sorted(heads))) if o.name == "models" else o
+        opts = tuple(dataclasses.replace(o, choices=tuple(sorted(heads))) if o.name in ("models", "heads") else o
                      for o in WAKEWORD_SCHEMA.options)
         self.schema = dataclasses.replace(WAKEWORD_SCHEMA, options=opts)   # per instance: the loaded heads
         self.frontends: dict[str, WakewordFrontEnd] = {}
@@ -306,7 +312,7 @@ class WakewordStream(StageStream):
         self._schedule()
 
     def _detect(self, name: str, first: int, scores: np.ndarray, outcome, arrival: float, now: float) -> None:
-        o = self.opts
+        o = {**self.opts, **self.opts["heads"].get(name, {})}          # the stream's options, then this head's
         head = self.stage.heads[name]
         warmup = head.n_embeddings + 9       # first step whose N embeddings all come from stream audio
         for j, score in enumerate(scores):

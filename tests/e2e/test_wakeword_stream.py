@@ -67,6 +67,17 @@ def test_vad_gating_gives_identical_events(ww_server, speech_manifest):
         assert wake_events(on) == wake_events(off)
 
 
+def test_per_head_options_override_the_stream_options(ww_server):
+    heads = shared_or_skip("wakeword", "heads")
+    src = load_audio(heads / "positive.wav")
+    run = lambda opts: [e["name"] for e in stream(ww_server.url, src, pipelines=["wakeword"], speed=0,  # noqa: E731
+                                                  frame_ms=100, options={"wakeword": opts}).of_type("wakeword")]
+    assert run({}) == ["hey_livekit"]
+    assert run({"heads": {"hey_livekit": {"threshold": 0.999}}}) == []           # this head only: stricter
+    assert run({"threshold": 0.999, "heads": {"hey_livekit": {"threshold": 0.5}}}) == ["hey_livekit"]
+    assert run({"heads": {"hey_livekit": {"patience": 50}}}) == []              # never 50 steps in a row
+
+
 def test_unknown_head_name_is_a_typed_error(ww_server):
     async def go():
         async with VoxClient.connect(ww_server.url) as c:
@@ -74,6 +85,14 @@ def test_unknown_head_name_is_a_typed_error(ww_server):
                 await c.start(pipelines=["wakeword"], options={"wakeword": {"models": ["hey_nobody"]}})
             return err.value.event
     ev = asyncio.run(go())
+    assert ev["code"] == "bad_value" and "hey_nobody" in ev["message"]
+
+    async def per_head():
+        async with VoxClient.connect(ww_server.url) as c:
+            with pytest.raises(VoxError) as err:
+                await c.start(pipelines=["wakeword"], options={"wakeword": {"heads": {"hey_nobody": {}}}})
+            return err.value.event
+    ev = asyncio.run(per_head())
     assert ev["code"] == "bad_value" and "hey_nobody" in ev["message"]
 
 

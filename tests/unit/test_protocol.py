@@ -171,3 +171,24 @@ def test_json_events_carry_bytes_as_base64():
     text = JS.encode({"type": "audio", "pcm": b"\x01\x02"})
     assert json.loads(text)["pcm"] == "AQI="
     assert JS.decode_event(text)["pcm"] == b"\x01\x02"
+
+
+def test_dict_option_validates_keys_and_nested_fields():
+    from voxserve.server.protocol.errors import ProtocolError
+    from voxserve.server.protocol.options import Option, PipelineSchema, merge_options, validate_options
+
+    fields = (Option("threshold", float, 0.5, min=0.0, max=1.0), Option("patience", int, 1, min=1))
+    schema = PipelineSchema("ww", (Option("threshold", float, 0.5), Option("heads", dict, {}, choices=("a", "b"),
+                                                                             fields=fields)))
+    assert validate_options(schema, {"heads": {"a": {"threshold": 1, "patience": 2.0}}}) == \
+        {"heads": {"a": {"threshold": 1.0, "patience": 2}}}
+    for bad, code, text in (({"heads": {"c": {}}}, "bad_value", "'c' is not one of"),
+                            ({"heads": {"a": {"thresh": 0.2}}}, "unknown_field", "ww.heads.a.thresh"),
+                            ({"heads": {"a": {"threshold": 2}}}, "bad_value", "above the maximum"),
+                            ({"heads": ["a"]}, "bad_value", "must be a map")):
+        with pytest.raises(ProtocolError) as err:
+            validate_options(schema, bad)
+        assert err.value.code.value == code and text in str(err.value), (bad, str(err.value))
+    a, b = merge_options(schema, {}), merge_options(schema, {})
+    a["heads"]["x"] = {}
+    assert b["heads"] == {}                                    # defaults are not shared between streams
