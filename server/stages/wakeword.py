@@ -240,7 +240,7 @@ class WakewordStream(StageStream):
                 self.steps_skipped += 1
             if st.next_step > self.ready or self._wanted(st.next_step) is not True:
                 continue
-            first = st.next_step
+            first = wanted = st.next_step                   # back-filled steps before it are not late work
             fresh_from = None
             if st.gated_out:                                 # histories are stale: rebuild them first
                 st.gated_out = False
@@ -256,12 +256,12 @@ class WakewordStream(StageStream):
             mask = np.ones(k, bool)
             if fresh_from is not None:
                 mask[: min(k, 8 + st.max_n)] = False             # scores need a rebuilt history
-            arrival = self._arrival(first)
+            arrival = self._arrival(wanted)
             deadline = arrival + self.opts["budget_ms"] / 1000.0
             req = StepRequest(audio, st.acoustic, st.emb_hist, st.heads, mask)
             fut = self.stage.schedulers[flavour].submit(req, deadline=deadline, policy=RUN_LATE, weight=k)
             st.inflight = fut
-            fut.add_done_callback(lambda f, fl=flavour, a=first, b=last: self._done(fl, a, b, f))
+            fut.add_done_callback(lambda f, fl=flavour, a=first, b=last, w=wanted: self._done(fl, a, b, w, f))
 
     def _arrival(self, step: int) -> float:
         while self.arrivals and self.arrivals[0][0] < step - MAX_BACKFILL_STEPS - MAX_STEPS_PER_REQUEST:
@@ -271,7 +271,9 @@ class WakewordStream(StageStream):
                 return t
         return self.ctx.clock()
 
-    def _done(self, flavour: str, first: int, last: int, fut: asyncio.Future) -> None:
+    def _done(self, flavour: str, first: int, last: int, wanted: int, fut: asyncio.Future) -> None:
+        """Results of steps ``first..last``; the budget runs from the arrival of step ``wanted`` (the first
+        step asked for; earlier ones are VAD-gating back-fill, computed late on purpose)."""
         st = self.flavours[flavour]
         st.inflight = None
         if self.closed or fut.cancelled():
@@ -291,7 +293,7 @@ class WakewordStream(StageStream):
         self.steps_computed += k
         now = self.ctx.clock()
         arrival_last = self._arrival(last)
-        total = now - self._arrival(first)
+        total = now - self._arrival(wanted)
         m = self.stage.metrics
         m.stage_latency.labels("wakeword").observe(now - arrival_last)
         m.stage_queue.labels("wakeword").observe(outcome.queue_s)
