@@ -54,6 +54,59 @@ def taps(rng: np.random.Generator, n: int, rate: int = 16000) -> np.ndarray:
     return (y / (np.sqrt(np.mean(y ** 2)) + 1e-12)).astype(np.float32)
 
 
+def _unit(y: np.ndarray) -> np.ndarray:
+    return (y / (np.sqrt(np.mean(y ** 2)) + 1e-12)).astype(np.float32)
+
+
+def _smooth_envelope(rng: np.random.Generator, n: int, rate_hz: float, rate: int = 16000) -> np.ndarray:
+    """A random positive envelope that changes about ``rate_hz`` times a second (linear interpolation)."""
+    knots = max(2, int(n / rate * rate_hz) + 2)
+    return np.interp(np.arange(n), np.linspace(0, n, knots), rng.uniform(0.0, 1.0, knots) ** 2)
+
+
+def _band(x: np.ndarray, lo: float, hi: float, rate: int = 16000) -> np.ndarray:
+    spec = np.fft.rfft(x)
+    f = np.fft.rfftfreq(len(x), 1 / rate)
+    spec[(f < lo) | (f > hi)] = 0
+    return np.fft.irfft(spec, len(x))
+
+
+def rub(rng: np.random.Generator, n: int, rate: int = 16000) -> np.ndarray:
+    """Handling noise (a finger or cloth rubbing the microphone): band-limited noise under a fast,
+    irregular envelope, unit RMS."""
+    lo = rng.uniform(50, 800)
+    y = _band(rng.standard_normal(n), lo, lo * rng.uniform(3, 12), rate) * _smooth_envelope(rng, n, rng.uniform(3, 15))
+    return _unit(y)
+
+
+def rumble(rng: np.random.Generator, n: int, rate: int = 16000) -> np.ndarray:
+    """Vehicle / street ambience: low-passed brown noise with a slowly wandering engine tone and its
+    harmonics, unit RMS."""
+    t = np.arange(n) / rate
+    f0 = rng.uniform(25, 90) * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(0.05, 0.4) * t))
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    engine = sum(rng.uniform(0.2, 1.0) / h * np.sin(h * phase) for h in range(1, 6))
+    y = _unit(_band(colored_noise(rng, n, "brown"), 20, rng.uniform(400, 2000), rate)) + 0.5 * _unit(engine)
+    return _unit(y * (0.6 + 0.4 * _smooth_envelope(rng, n, 0.5)))
+
+
+def calls(rng: np.random.Generator, n: int, rate: int = 16000) -> np.ndarray:
+    """Animal-like calls (clucks, bleats, chirps): harmonic bursts with fast pitch glides and vibrato
+    at random times, unit RMS."""
+    y = np.zeros(n, np.float64)
+    for _ in range(max(1, int(n / rate * rng.uniform(0.5, 4)))):
+        length = int(rng.uniform(0.05, 0.8) * rate)
+        t = np.arange(length) / rate
+        f = np.geomspace(rng.uniform(200, 1500), rng.uniform(200, 3000), length)
+        f = f * (1 + rng.uniform(0, 0.08) * np.sin(2 * np.pi * rng.uniform(4, 30) * t))
+        phase = 2 * np.pi * np.cumsum(f) / rate
+        env = np.clip(np.sin(np.pi * t / t[-1]), 0.0, None) ** rng.uniform(0.5, 2)
+        burst = sum(rng.uniform(0.1, 1.0) / h * np.sin(h * phase) for h in range(1, 5)) * env
+        at = int(rng.integers(0, max(1, n - length)))
+        y[at:at + length] += burst[: n - at] * rng.uniform(0.3, 1.0)
+    return _unit(y)
+
+
 def babble(rng: np.random.Generator, n: int, talkers: list[np.ndarray]) -> np.ndarray:
     """2-5 overlapping talkers from ``talkers`` (16 kHz clips), each looped from a random offset, unit RMS."""
     y = np.zeros(n, np.float64)
@@ -64,12 +117,21 @@ def babble(rng: np.random.Generator, n: int, talkers: list[np.ndarray]) -> np.nd
     return (y / (np.sqrt(np.mean(y ** 2)) + 1e-12)).astype(np.float32)
 
 
+BACKGROUND_KINDS = ("babble", "music", "taps", "rub", "rumble", "calls")
+
+
 def background_bank(rng: np.random.Generator, talkers: list[np.ndarray], per_kind: int = 40,
-                    seconds: float = 6.0) -> list[np.ndarray]:
-    """``per_kind`` unit-RMS clips each of babble, plucked music and taps, for :func:`augment`'s ``noises``."""
+                    seconds: float = 6.0, kinds: tuple[str, ...] = ("babble", "music", "taps")) -> list[np.ndarray]:
+    """``per_kind`` unit-RMS clips of each of ``kinds`` (see ``BACKGROUND_KINDS``), for :func:`augment`'s
+    ``noises``; ``talkers`` (16 kHz speech clips) are needed only for babble."""
     n = int(seconds * 16000)
-    return ([babble(rng, n, talkers) for _ in range(per_kind)] + [plucked_music(rng, n) for _ in range(per_kind)]
-            + [taps(rng, n) for _ in range(per_kind)])
+    makers = {"babble": lambda: babble(rng, n, talkers), "music": lambda: plucked_music(rng, n),
+              "taps": lambda: taps(rng, n), "rub": lambda: rub(rng, n), "rumble": lambda: rumble(rng, n),
+              "calls": lambda: calls(rng, n)}
+    unknown = set(kinds) - set(makers)
+    if unknown:
+        raise ValueError(f"unknown background kinds {sorted(unknown)}; known: {', '.join(BACKGROUND_KINDS)}")
+    return [makers[k]() for k in kinds for _ in range(per_kind)]
 
 
 def synthetic_rir(rng: np.random.Generator, rt60: float, rate: int = 16000) -> np.ndarray:
@@ -88,8 +150,13 @@ def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarr
     return speech + noise * np.sqrt(ps / (pn * 10 ** (snr_db / 10)))
 
 
-def augment(rng: np.random.Generator, x: np.ndarray, noises: list[np.ndarray] | None = None) -> np.ndarray:
-    """Random reverberation (40 %), additive noise at 5-30 dB SNR (80 %), gain -18..+3 dB."""
+def augment(rng: np.random.Generator, x: np.ndarray, noises: list[np.ndarray] | None = None,
+            speech: tuple[int, int] | None = None) -> np.ndarray:
+    """Random reverberation (40 %), additive noise at 5-30 dB SNR (80 %), gain -18..+3 dB.
+
+    The noise covers all of ``x``; its level is set against the power of ``x[speech[0]:speech[1]]``
+    (samples) when given, else of all of ``x`` (a stream with a quiet lead-in then hears the same SNR
+    during the speech as a bare clip would)."""
     y = x.astype(np.float32)
     if rng.random() < 0.4:
         y = np.convolve(y, synthetic_rir(rng, rng.uniform(0.15, 0.7)))[: len(y)]
@@ -100,7 +167,10 @@ def augment(rng: np.random.Generator, x: np.ndarray, noises: list[np.ndarray] | 
             noise = np.resize(src[start:start + len(y)], len(y))
         else:
             noise = colored_noise(rng, len(y), rng.choice(["white", "pink", "brown"]))
-        y = mix_at_snr(y, noise, rng.uniform(5, 30))
+        ref = y if speech is None else y[speech[0]:speech[1]]
+        ps = np.mean(ref ** 2) + 1e-12
+        pn = np.mean(noise ** 2) + 1e-12
+        y = y + noise * np.sqrt(ps / (pn * 10 ** (rng.uniform(5, 30) / 10)))
     y = y * 10 ** (rng.uniform(-18, 3) / 20)
     peak = np.max(np.abs(y)) if y.size else 0
     return (y / peak * 0.99 if peak > 0.99 else y).astype(np.float32)

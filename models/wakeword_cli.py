@@ -30,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--threads", type=int, default=d.threads)
     t.add_argument("--repitch", type=float, default=d.repitch, help="share of phrase clips that also get a re-pitched copy (0-1)")
-    t.add_argument("--backgrounds", action=argparse.BooleanOptionalAction, default=d.backgrounds,
-                   help="mix babble / music / tap backgrounds besides coloured noise (experimental)")
+    t.add_argument("--backgrounds", default=d.backgrounds, metavar="KINDS",
+                   help="comma-separated synthetic backgrounds mixed besides coloured noise: "
+                        "babble, music, taps, rub, rumble, calls (default: %(default)r)")
+    t.add_argument("--noise-over", choices=["clip", "stream", "mixed"], default=d.noise_over,
+                   help="noise and reverb on the phrase only, over its lead-in too, or either per stream (default: %(default)s)")
     t.add_argument("--dropout", type=float, default=d.dropout, help="dropout while training the head")
     t.add_argument("--pos-weight-power", type=float, default=d.pos_weight_power,
                    help="positives weigh (negatives/positives)**P in the loss; higher: fewer misses, more false accepts")
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = TrainConfig(args.phrase, positives=args.positives, adversarial=args.adversarial,
                           sentences=args.sentences, epochs=args.epochs, seed=args.seed, threads=args.threads,
-                          repitch=args.repitch, backgrounds=args.backgrounds,
+                          repitch=args.repitch, backgrounds=args.backgrounds, noise_over=args.noise_over,
                           ensemble=args.ensemble, dropout=args.dropout,
                           pos_weight_power=args.pos_weight_power)
         print(json.dumps(train(cfg, args.out)))

@@ -78,7 +78,9 @@ class TrainConfig:
     seed: int = 1234
     threads: int = 2
     repitch: float = 0.0       # share of phrase clips that also get a re-pitched copy (our own shifter)
-    backgrounds: bool = False  # babble / music / taps backgrounds besides coloured noise (augment.background_bank)
+    backgrounds: str = ""      # comma-separated augment.BACKGROUND_KINDS mixed besides coloured noise ("" = none)
+    noise_over: str = "clip"   # "clip": noise/reverb on the phrase only; "stream": over the lead-in too;
+                               # "mixed": each stream draws one of the two
     dropout: float = 0.3       # on the head's input and first hidden layer while training
     pos_weight_power: float = 0.7   # positives weigh (negatives / positives) ** this in the loss (1 = balanced)
     ensemble: int = 1          # heads trained on independent data (seeds seed, seed+1, ...), scores averaged
@@ -169,19 +171,37 @@ def build_dataset(cfg: TrainConfig, fx: FeatureExtractor) -> tuple[np.ndarray, n
             return (clip,)
         return clip, reshaped(clip)
 
+    if cfg.noise_over not in ("clip", "stream", "mixed"):
+        raise ValueError(f"noise_over must be 'clip', 'stream' or 'mixed', not {cfg.noise_over!r}")
+
+    def noise_over_clip() -> bool:
+        """Whether this stream's noise covers only its speech (drawn per stream when "mixed")."""
+        return cfg.noise_over == "clip" or (cfg.noise_over == "mixed" and rng.random() < 0.5)
+    kinds = tuple(k.strip() for k in cfg.backgrounds.split(",") if k.strip())
     bank = None
-    if cfg.backgrounds:
-        talkers = [tts.synth(tts.random_sentence(rnd), v) for v in voices(60)]
-        bank = background_bank(rng, talkers)
+    if kinds:
+        talkers = [tts.synth(tts.random_sentence(rnd), v) for v in voices(60)] if "babble" in kinds else []
+        bank = background_bank(rng, talkers, kinds=kinds)
+
+    def phrase_stream(clip: np.ndarray, max_tail_s: float) -> np.ndarray:
+        """A 2.4 s training stream ending (up to ``max_tail_s`` early) with the augmented clip."""
+        if noise_over_clip():                       # (random draws in the order of the shipped recipe)
+            noisy = augment(rng, clip, bank)
+            return place_at_end(rng, noisy, total, int(rng.uniform(0.0, max_tail_s) * 16000))
+        tail = int(rng.uniform(0.0, max_tail_s) * 16000)
+        x = place_at_end(rng, clip, total, tail)
+        end = total - tail
+        return augment(rng, x, bank, speech=(max(0, end - len(clip)), end))
+
     pos_streams = []
     for v in voices(cfg.positives):
         for clip in with_copy(tts.synth(cfg.phrase, v)):
-            pos_streams.append(place_at_end(rng, augment(rng, clip, bank), total, int(rng.uniform(0.0, 0.16) * 16000)))
+            pos_streams.append(phrase_stream(clip, 0.16))
     adv = near_phrases(cfg.phrase)
     neg_streams = []
     for v in voices(cfg.adversarial):
         for clip in with_copy(tts.synth(rnd.choice(adv), v)):
-            neg_streams.append(place_at_end(rng, augment(rng, clip, bank), total, int(rng.uniform(0.0, 0.3) * 16000)))
+            neg_streams.append(phrase_stream(clip, 0.3))
     log.info("synthesised phrases", extra={"positives": len(pos_streams), "adversarial": len(neg_streams),
                                            "seconds": round(time.time() - t0, 1)})
     long_streams = []
@@ -191,8 +211,14 @@ def build_dataset(cfg: TrainConfig, fx: FeatureExtractor) -> tuple[np.ndarray, n
         reshape = shifter is not None and rng.random() < cfg.repitch / 4    # re-pitched speech is not a cue
         for v in sent_voices[i:i + 10]:
             sentence = tts.synth(tts.random_sentence(rnd), v)
-            parts.append(augment(rng, reshaped(sentence) if reshape else sentence, bank))
-            parts.append(np.zeros(int(rng.uniform(0.1, 0.8) * 16000), np.float32))
+            sentence = reshaped(sentence) if reshape else sentence
+            if noise_over_clip():
+                parts.append(augment(rng, sentence, bank))
+                parts.append(np.zeros(int(rng.uniform(0.1, 0.8) * 16000), np.float32))
+            else:                                   # the pause before the sentence hears its noise too
+                gap = int(rng.uniform(0.1, 0.8) * 16000)
+                parts.append(augment(rng, np.concatenate([np.zeros(gap, np.float32), sentence]), bank,
+                                     speech=(gap, gap + len(sentence))))
         long_streams.append(np.concatenate(parts))
     for i in range(cfg.noise_streams):
         if bank and i % 2:
@@ -207,6 +233,8 @@ def build_dataset(cfg: TrainConfig, fx: FeatureExtractor) -> tuple[np.ndarray, n
     adv_x = [sliding_windows(e, start=N_EMB)[-3:] for e in fx.stream_embeddings(neg_streams, last=last)]
     long_x = [sliding_windows(e) for e in fx.stream_embeddings(long_streams)]
     X = np.concatenate(pos_x + adv_x + long_x)
+    if not np.isfinite(X).all():
+        raise RuntimeError("training features are not finite: the augmentation produced NaN or inf audio")
     y = np.concatenate([np.ones(sum(len(p) for p in pos_x)), np.zeros(sum(len(a) for a in adv_x)),
                         np.zeros(sum(len(w) for w in long_x))]).astype(np.float32)
     log.info("features", extra={"windows": len(X), "positive": int(y.sum()), "seconds": round(time.time() - t0, 1)})
