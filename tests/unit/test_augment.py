@@ -3,7 +3,6 @@ rule measures speech where it is."""
 
 import numpy as np
 import pytest
-
 from voxserve.models import augment as au
 
 
