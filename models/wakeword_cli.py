@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--backgrounds", default=d.backgrounds, metavar="KINDS",
                    help="comma-separated synthetic backgrounds mixed besides coloured noise: "
                         "babble, music, taps, rub, rumble, calls (default: %(default)r)")
-    t.add_argument("--noise-over", choices=["clip", "stream", "mixed"], default=d.noise_over,
-                   help="noise and reverb on the phrase only, over its lead-in too, or either per stream (default: %(default)s)")
+    t.add_argument("--noise-over", default=d.noise_over, metavar="MODE[,MODE...]",
+                   help="clip: noise and reverb on the phrase only; stream: over its lead-in too; mixed: either, "
+                        "per stream; a comma list gives ensemble member k the k-th mode (default: %(default)s)")
     t.add_argument("--dropout", type=float, default=d.dropout, help="dropout while training the head")
     t.add_argument("--pos-weight-power", type=float, default=d.pos_weight_power,
                    help="positives weigh (negatives/positives)**P in the loss; higher: fewer misses, more false accepts")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +29,9 @@ REFRACTORY_STEPS = 25          # 2 s of 80 ms steps
 EVAL_SEED = 987654
 
 
-def load_eval_audio(shared: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(speech recordings, noise recordings) from ../shared/eval as 16 kHz float32."""
+def load_eval_audio(shared: Path, names: list[str] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(speech recordings, noise recordings) from ../shared/eval as 16 kHz float32; the noise files' names
+    are appended to ``names`` when given."""
     import soundfile as sf
     import soxr
 
@@ -45,6 +46,8 @@ def load_eval_audio(shared: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
                 continue
             x = x.mean(axis=1)
             out.append(soxr.resample(x, rate, 16000).astype(np.float32) if rate != 16000 else x)
+            if out is noise and names is not None:
+                names.append(p.stem)
     return speech, noise
 
 
@@ -73,6 +76,7 @@ class EvalSet:
     negative_hours: float
     real_minutes: float
     synthetic_minutes: float
+    conditions: list[dict] = field(default_factory=list)   # per positive: noise file, snr_db, reverb
 
 
 def build_eval_set(phrase: str, shared: Path, n: int, *, positives: int = 600, synthetic_minutes: float = 120.0,
@@ -81,22 +85,26 @@ def build_eval_set(phrase: str, shared: Path, n: int, *, positives: int = 600, s
     fx = FeatureExtractor(threads)
     rnd = random.Random(EVAL_SEED)
     rng = np.random.default_rng(EVAL_SEED)
-    speech, noise = load_eval_audio(shared)
+    noise_names: list[str] = []
+    speech, noise = load_eval_audio(shared, noise_names)
     if not speech:
         raise RuntimeError(f"no evaluation audio under {shared}/eval")
     flite = HELD_OUT_FLITE if tts.have_flite() else []
     voices = tts.voice_pool(rnd, positives, variants=HELD_OUT_VARIANTS, flite_voices=flite, flite_share=0.2)
-    pos_streams, spans = [], []
+    pos_streams, spans, conditions = [], [], []
     for v in voices:
         clip = tts.synth(phrase, v)
-        if rng.random() < 0.5:
+        reverb = bool(rng.random() < 0.5)
+        if reverb:
             clip = np.convolve(clip, synthetic_rir(rng, rng.uniform(0.2, 0.6)))[: len(clip)]
         lead, tail = int(1.5 * 16000), int(1.0 * 16000)
         x = np.zeros(lead + len(clip) + tail, np.float32)
         x[lead:lead + len(clip)] = clip
-        src = noise[rng.integers(len(noise))] if noise else None
-        bg = np.resize(src, len(x)) if src is not None else rng.standard_normal(len(x)).astype(np.float32)
-        x = mix_at_snr(x, bg, rng.uniform(5, 20)) * 10 ** (rng.uniform(-12, 0) / 20)
+        k = int(rng.integers(len(noise))) if noise else -1
+        bg = np.resize(noise[k], len(x)) if k >= 0 else rng.standard_normal(len(x)).astype(np.float32)
+        snr = float(rng.uniform(5, 20))           # over the whole 4 s stream, so higher during the phrase
+        x = mix_at_snr(x, bg, snr) * 10 ** (rng.uniform(-12, 0) / 20)
+        conditions.append({"noise": noise_names[k] if k >= 0 else "white", "snr_db": snr, "reverb": reverb})
         pos_streams.append(x.astype(np.float32))
         spans.append((lead, lead + len(clip)))
     pos_windows = []
@@ -127,7 +135,7 @@ def build_eval_set(phrase: str, shared: Path, n: int, *, positives: int = 600, s
     neg_windows = [sliding_windows(e, n) for e in fx.stream_embeddings(neg_streams)]
     hours = sum(len(x) for x in neg_streams) / 16000 / 3600
     return EvalSet(phrase, n, [v.key().split("+")[-1] for v in voices], pos_windows, neg_windows, hours,
-                   real_s / 60, synth_s / 60)
+                   real_s / 60, synth_s / 60, conditions)
 
 
 def score_eval_set(score, es: EvalSet) -> dict:
@@ -145,12 +153,24 @@ def score_eval_set(score, es: EvalSet) -> dict:
     by_voice: dict[str, list[float]] = {}
     for v, sc in zip(es.voices, pos_arr):
         by_voice.setdefault(v, []).append(float(sc))
+    def by_condition(key) -> dict:
+        groups: dict[str, list[float]] = {}
+        for c, sc in zip(getattr(es, "conditions", []) or [], pos_arr):
+            groups.setdefault(str(key(c)), []).append(float(sc))
+        return {k: {"positives": len(v), "miss_rate": round(float(np.mean(np.array(v) < 0.5)), 3)}
+                for k, v in sorted(groups.items())}
+
+    snr_band = lambda c: f"{int(c['snr_db'] // 5) * 5:>2}-{int(c['snr_db'] // 5) * 5 + 5} dB"   # noqa: E731
+    conditions = {"noise": by_condition(lambda c: c["noise"]), "snr": by_condition(snr_band),
+                  "reverb": by_condition(lambda c: "reverberant" if c["reverb"] else "dry")}
     return {"phrase": es.phrase, "positives": len(pos_arr), "negative_hours": round(es.negative_hours, 3),
             "negative_real_minutes": round(es.real_minutes, 2),
             "negative_synthetic_minutes": round(es.synthetic_minutes, 2),
             "at_threshold_0.5": next(r for r in rows if abs(r["threshold"] - 0.5) < 1e-9), "det": rows,
             "miss_rate_by_voice_at_0.5": {k: round(float(np.mean(np.array(v) < 0.5)), 3)
-                                          for k, v in sorted(by_voice.items())}}
+                                          for k, v in sorted(by_voice.items())},
+            "positives_by_voice": {k: len(v) for k, v in sorted(by_voice.items())},
+            "misses_by_condition_at_0.5": conditions}
 
 
 def evaluate(model: Path, phrase: str, shared: Path, out_dir: Path, *, positives: int = 600,
@@ -181,6 +201,18 @@ def report_markdown(r: dict) -> str:
     for row in r["det"]:
         lines.append(f"| {row['threshold']:.2f} | {row['frr'] * 100:.1f} | {row['false_accepts']} | "
                      f"{row['fa_per_hour']:.2f} |")
+    cond = r.get("misses_by_condition_at_0.5") or {}
+    voices = r.get("miss_rate_by_voice_at_0.5") or {}
+    if any(cond.values()) or voices:
+        lines += ["", "Misses at threshold 0.5 by condition of the positive (noise recording, SNR over the 4 s "
+                  "stream, synthetic reverberation) and by held-out voice:", "",
+                  "| condition | positives | missed % |", "|---|---|---|"]
+        for kind, groups in cond.items():
+            for name, g in groups.items():
+                lines.append(f"| {kind}: {name} | {g['positives']} | {g['miss_rate'] * 100:.1f} |")
+        counts = r.get("positives_by_voice") or {}
+        for voice, rate in voices.items():
+            lines.append(f"| voice: {voice} | {counts.get(voice, '')} | {rate * 100:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,11 @@ Data (all generated here, nothing downloaded; seeds fixed):
   voices when installed); with ``--repitch F`` a share F of the clips also gets a copy with another pitch
   and vocal-tract length from the project's own shifter (``models/pitch_shift.py``), as do the near misses
   and a share F/4 of the ordinary-speech streams (so re-pitching is no cue); each clip augmented (reverb,
-  noise, gain) and placed at the end of a stream of 2.4 s with a low noise floor before it;
+  noise, gain) and placed at the end of a stream of 2.4 s. Noise is stationary coloured noise or one of the
+  synthetic ``backgrounds`` (plucked music, taps, microphone rub, vehicle rumble, animal-like calls; babble
+  on request), at 5-30 dB SNR against the speech. ``noise_over`` says where it lies: ``clip`` on the phrase
+  only (a quiet floor before it), ``stream`` over the lead-in too (as a device hears a noisy room), ``mixed``
+  either, drawn per stream;
 - adversarial negatives: near-miss phrases (``hey jarvi``, ``hey travis``, ``jarvis`` alone, ...), the
   phrase's words apart, augmented the same way;
 - ordinary speech: random sentences from a 600-word vocabulary, concatenated into long streams and cut
@@ -15,14 +19,16 @@ Held out for evaluation (``wakeword_eval``): the flite voice ``slt`` and every e
 
 Features are computed by the same front end the server runs (:class:`WakewordFrontEnd`, flavour
 ``oww``: openWakeWord's int16 scaling), so the head sees exactly what it sees in production.
-Optional (off by default; measured, see bench/RESULTS.md): ``backgrounds`` adds synthetic babble, plucked
-music and taps to the noise kinds; ``ensemble`` K averages K heads trained on independent data.
 
-Model: [16, 96] embeddings -> Linear 1536x64 -> LayerNorm -> ReLU -> Linear 64x64 -> LayerNorm ->
+Model: ``ensemble`` heads (default 3), each trained on its own data (seed ``seed + k``, noise placement
+``noise_over``'s k-th mode: default clip, mixed, mixed), exported as one ONNX graph whose score is their
+mean. Each head: [16, 96] embeddings -> Linear 1536x64 -> LayerNorm -> ReLU -> Linear 64x64 -> LayerNorm ->
 ReLU -> Linear 64x1 -> sigmoid, trained with binary cross-entropy (positives weighted up by the class
-ratio to the power 0.7), dropout 0.3 on the input and the first hidden layer. The data sizes and dropout cut
-false accepts most, the positive weight then bought back misses (bench/RESULTS.md, "Wakeword training
-experiments").
+ratio to the power 0.7), dropout 0.3 on the input and the first hidden layer. Why this recipe
+(bench/RESULTS.md, "Wakeword training experiments"): many negatives with dropout cut false accepts; the
+positive weight bought back misses; non-stationary backgrounds and noise over the lead-in removed most of
+the remaining misses but raised false accepts, which averaging heads with differently placed noise took
+back down.
 """
 
 from __future__ import annotations
@@ -78,12 +84,12 @@ class TrainConfig:
     seed: int = 1234
     threads: int = 2
     repitch: float = 0.0       # share of phrase clips that also get a re-pitched copy (our own shifter)
-    backgrounds: str = ""      # comma-separated augment.BACKGROUND_KINDS mixed besides coloured noise ("" = none)
-    noise_over: str = "clip"   # "clip": noise/reverb on the phrase only; "stream": over the lead-in too;
-                               # "mixed": each stream draws one of the two
+    backgrounds: str = "music,taps,rub,rumble,calls"   # augment.BACKGROUND_KINDS besides coloured noise ("" = none)
+    noise_over: str = "clip,mixed,mixed"   # per ensemble member (cycled): "clip": noise/reverb on the phrase
+                                           # only; "stream": over the lead-in too; "mixed": either, per stream
     dropout: float = 0.3       # on the head's input and first hidden layer while training
     pos_weight_power: float = 0.7   # positives weigh (negatives / positives) ** this in the loss (1 = balanced)
-    ensemble: int = 1          # heads trained on independent data (seeds seed, seed+1, ...), scores averaged
+    ensemble: int = 3          # heads trained on independent data (seeds seed, seed+1, ...), scores averaged
 
 
 def place_at_end(rng: np.random.Generator, clip: np.ndarray, total: int, tail: int) -> np.ndarray:
@@ -324,15 +330,21 @@ def export_head(model, out: Path, cfg: TrainConfig, extra: dict) -> None:
 
 def train(cfg: TrainConfig, out: Path) -> dict:
     """Train ``cfg.ensemble`` heads, each on its own synthetic data set (seed ``cfg.seed + k``: other
-    voices, phrases, noise), and export their averaged score as one head (the default, 1, is the
-    shipped recipe; see bench/RESULTS.md, "Wakeword training experiments", for what averaging did)."""
+    voices, phrases, noise; noise placement: the k-th of ``cfg.noise_over``'s comma-separated modes,
+    cycled), and export their averaged score as one head."""
     import dataclasses
 
+    noise_modes = [m.strip() for m in cfg.noise_over.split(",") if m.strip()] or ["clip"]   # member k: mode k
+    bad = [m for m in noise_modes if m not in ("clip", "stream", "mixed")]
+    if bad:
+        raise ValueError(f"noise_over modes must be clip, stream or mixed, not {bad}")
+    background_bank(np.random.default_rng(0), [], per_kind=0,          # unknown kinds fail here, not later
+                    kinds=tuple(k.strip() for k in cfg.backgrounds.split(",") if k.strip()))
     t0 = time.time()
     fx = FeatureExtractor(cfg.threads)
     members, windows, positives = [], 0, 0
     for k in range(max(1, cfg.ensemble)):
-        member_cfg = dataclasses.replace(cfg, seed=cfg.seed + k)
+        member_cfg = dataclasses.replace(cfg, seed=cfg.seed + k, noise_over=noise_modes[k % len(noise_modes)])
         X, y = build_dataset(member_cfg, fx)
         members.append(train_head(X, y, member_cfg))
         windows, positives = windows + int(len(y)), positives + int(y.sum())

@@ -45,3 +45,13 @@ def test_snr_is_measured_on_the_speech_span_not_on_the_silence_around_it():
         noisy += 1
         np.testing.assert_allclose(lead_span, 2 * lead_whole, rtol=1e-4, atol=1e-7)
     assert noisy >= 6                                        # noise is added 80 % of the time
+
+
+def test_training_refuses_unknown_noise_modes_and_backgrounds_before_any_work(tmp_path):
+    from voxserve.models.wakeword_train import TrainConfig, train
+
+    with pytest.raises(ValueError, match="noise_over modes"):
+        train(TrainConfig("hey test", noise_over="clip,everywhere"), tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match="unknown background kinds"):
+        train(TrainConfig("hey test", backgrounds="music,thunder"), tmp_path / "x.onnx")
+    assert not any(tmp_path.iterdir())
