@@ -57,20 +57,35 @@ TRAIN_FLITE = [v for v in tts.FLITE_VOICES if v not in HELD_OUT_FLITE]
 
 
 def near_phrases(phrase: str) -> list[str]:
-    """Confusable phrases for a wake phrase; generic rules plus a few for two-word phrases."""
-    words = phrase.split()
+    """Confusable negatives for a wake phrase: its last word alone, clipped, pluralised, with a consonant
+    swapped or behind another word; its first words alone; plus a fixed set of words that sound like
+    "jarvis" and short phrases (generic negatives for other phrases).
+
+    Never returns a phrase that contains the wake phrase's words in sequence ("okay computer" holds
+    "computer"): those are positives, and training them as negatives would teach the head to miss.
+    """
+    words = phrase.lower().split()
     last = words[-1]
-    out = {last, " ".join(words[:-1]) or "hey", last[:-1], f"{words[0]} {last[:-1]}", f"hi {last}",
-           f"{words[0]} {last}s", f"{last} {words[0]}", f"a {last}", f"okay {last}"}
+    prefix = " ".join(words[:-1])                  # empty for a one-word phrase
+
+    def after_prefix(w: str) -> str:
+        return f"{prefix} {w}" if prefix else w
+
+    out = {last, prefix or "hey", last[:-1], after_prefix(last[:-1]), f"hi {last}", after_prefix(f"{last}s"),
+           f"a {last}", f"okay {last}"}
+    if prefix:
+        out.add(f"{last} {words[0]}")
     swaps = {"j": ["h", "g", "ch", "d"], "v": ["b", "f"], "s": ["z", "th"]}
     for i, ch in enumerate(last):
         for rep in swaps.get(ch, []):
-            out.add(f"{words[0]} {last[:i]}{rep}{last[i + 1:]}")
-    out |= {f"{words[0]} travis", f"{words[0]} marvin", f"{words[0]} davis", f"{words[0]} service",
-            f"{words[0]} java", f"{words[0]} harvest", f"{words[0]} jar", f"{words[0]} there", "hey",
-            "jars", "nervous", "carcass", "jervis bay", "hey jude", "hello"}
-    out.discard(phrase)
-    return sorted(out)
+            out.add(after_prefix(f"{last[:i]}{rep}{last[i + 1:]}"))
+    lead = prefix or "hey"
+    out |= {f"{lead} travis", f"{lead} marvin", f"{lead} davis", f"{lead} service", f"{lead} java",
+            f"{lead} harvest", f"{lead} jar", f"{lead} there", "hey", "jars", "nervous", "carcass", "jervis bay",
+            "hey jude", "hello"}
+    n = len(words)
+    return sorted(c for c in out
+                  if not any(c.split()[i:i + n] == words for i in range(len(c.split()) - n + 1)))
 
 
 @dataclass
