@@ -93,7 +93,7 @@ class TrainConfig:
     phrase: str
     positives: int = 3000
     adversarial: int = 2400
-    sentences: int = 3500      # ~3.5 h of ordinary synthetic speech as negatives
+    sentences: int = 5500      # ~5.5 h of ordinary synthetic speech as negatives (per head)
     noise_streams: int = 60
     epochs: int = 30
     seed: int = 1234
