@@ -1,17 +1,24 @@
 """Offline synthetic speech for wakeword training and evaluation (no downloads, ever).
 
 Engines are Debian programs: ``espeak-ng`` (required; many voices x variants x rates x pitches) and
-``flite`` (optional; five more natural-sounding voices). Everything is deterministic for a given
-seed. All audio is returned as 16 kHz float32 mono.
+``flite`` (optional; five more natural-sounding voices). Besides espeak-ng's stock variants,
+:class:`RandomVariants` writes new ones (random vocal-tract length, formant strengths and widths,
+pitch base and range, voicing, roughness, breath, echo) into a private copy of espeak-ng's data folder
+(symlinks to the installed one), so training can sample the space between and around the stock voices.
+Everything is deterministic for a given seed. All audio is returned as 16 kHz float32 mono.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import random
 import shutil
 import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -33,6 +40,7 @@ class Voice:
     name: str            # espeak "voice+variant" or flite voice
     rate: float          # espeak words/min, or flite duration stretch
     pitch: float         # espeak 0-99, or flite f0 mean in Hz
+    data_path: str | None = None   # espeak-ng --path (a folder holding espeak-ng-data) for generated variants
 
     def key(self) -> str:
         return f"{self.engine}:{self.name}"
@@ -49,7 +57,8 @@ def require_espeak() -> None:
 
 def synth(text: str, voice: Voice) -> np.ndarray:
     if voice.engine == "espeak":
-        cmd = ["espeak-ng", "-v", voice.name, "-s", str(int(voice.rate)), "-p", str(int(voice.pitch)), "--stdout", text]
+        cmd = ["espeak-ng", *([f"--path={voice.data_path}"] if voice.data_path else []), "-v", voice.name,
+               "-s", str(int(voice.rate)), "-p", str(int(voice.pitch)), "--stdout", text]
     else:
         cmd = ["flite", "-voice", voice.name, "-t", text, "-o", "/dev/stdout",
                "--setf", f"duration_stretch={voice.rate:.3f}", "--setf", f"int_f0_target_mean={voice.pitch:.1f}"]
@@ -62,9 +71,96 @@ def synth(text: str, voice: Voice) -> np.ndarray:
     return x / peak * 0.7 if peak > 0 else x
 
 
+def synth_many(texts: list[str], voices: list[Voice], workers: int = 2) -> list[np.ndarray]:
+    """``synth(texts[i], voices[i])`` for every i, in order, with up to ``workers`` synthesiser processes
+    at once (each is a single-threaded program, so two workers use both cores of a 2-core machine).
+    Same results as calling :func:`synth` in a loop."""
+    if len(texts) != len(voices):
+        raise ValueError("synth_many needs one voice per text")
+    if workers <= 1 or len(texts) < 2:
+        return [synth(t, v) for t, v in zip(texts, voices)]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(synth, texts, voices))
+
+
+def espeak_data_dir() -> Path:
+    """The installed espeak-ng-data folder (the one holding ``phontab`` and ``voices/!v``)."""
+    out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout
+    # "eSpeak NG text-to-speech: 1.52.0  Data at: /usr/lib/x86_64-linux-gnu/espeak-ng-data"
+    if "Data at:" in out:
+        path = Path(out.split("Data at:", 1)[1].strip())
+        if (path / "phontab").exists():
+            return path
+    for cand in Path("/usr/lib").glob("*/espeak-ng-data"):
+        if (cand / "phontab").exists():
+            return cand
+    raise RuntimeError("cannot find espeak-ng's data folder (espeak-ng --version names none)")
+
+
+class RandomVariants:
+    """Generated espeak-ng voice variants, written as variant files into a private data folder.
+
+    The folder mirrors the installed espeak-ng-data with symlinks and adds ``voices/!v/vx<k>`` files;
+    espeak-ng reads them with ``--path``. Each variant draws a vocal-tract scale (all formant
+    frequencies move together, 0.85-1.3, each with a +-8 % jitter: long adult-male to child-like
+    tracts), formant strengths and widths, a pitch base and range that follow the tract scale
+    loosely, flutter, roughness, voicing, consonant strength, and sometimes breath (whisper-like),
+    an echo, or espeak's Klatt synthesiser (modes 1-2; mode 3 is the evaluation's held-out ``klatt3``).
+    Deterministic for a given ``rng`` state. Remove the folder with :meth:`close`.
+    """
+
+    def __init__(self, rng: random.Random, count: int):
+        self.root = Path(tempfile.mkdtemp(prefix="voxserve-espeak-"))
+        data = espeak_data_dir()
+        mirror = self.root / "espeak-ng-data"
+        variants = mirror / "voices" / "!v"
+        variants.mkdir(parents=True)
+        for entry in data.iterdir():
+            if entry.name != "voices":
+                os.symlink(entry, mirror / entry.name)
+        for entry in (data / "voices").iterdir():
+            if entry.name != "!v":
+                os.symlink(entry, mirror / "voices" / entry.name)
+        for entry in (data / "voices" / "!v").iterdir():
+            os.symlink(entry, variants / entry.name)
+        self.names = [f"vx{k}" for k in range(count)]
+        for name in self.names:
+            (variants / name).write_text(self.variant_text(rng, name))
+
+    @staticmethod
+    def variant_text(rng: random.Random, name: str) -> str:
+        scale = rng.uniform(0.85, 1.3)                               # vocal-tract scale (1 = espeak's default)
+        lines = ["language variant", f"name {name}"]
+        base = rng.uniform(65, 120) * (scale ** 2.5) * rng.uniform(0.85, 1.2)   # Hz; ~75-300 Hz
+        lines.append(f"pitch {int(base)} {int(base * rng.uniform(1.15, 2.0))}")
+        lines.append(f"formant 0 {int(100 * rng.uniform(0.8, 1.2))} {int(rng.uniform(60, 160))} "
+                     f"{int(rng.uniform(80, 160))}")
+        for k in range(1, 9):
+            strength = rng.uniform(60, 150) if k <= 5 else rng.uniform(0, 120)
+            lines.append(f"formant {k} {int(100 * scale * rng.uniform(0.92, 1.08))} {int(strength)} "
+                         f"{int(rng.uniform(70, 160))}")
+        lines.append(f"flutter {int(rng.uniform(0, 30))}")
+        lines.append(f"roughness {int(rng.uniform(0, 5))}")
+        lines.append(f"voicing {int(rng.uniform(40, 120))}")
+        lines.append(f"consonants {int(rng.uniform(60, 120))} {int(rng.uniform(60, 120))}")
+        if rng.random() < 0.15:
+            lines.append("breath " + " ".join(str(int(rng.uniform(0, 5))) for _ in range(8)))
+        if rng.random() < 0.15:
+            lines.append(f"echo {int(rng.uniform(20, 150))} {int(rng.uniform(5, 25))}")
+        if rng.random() < 0.15:
+            lines.append(f"klatt {rng.choice([1, 2])}")
+        return "\n".join(lines) + "\n"
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 def voice_pool(rng: random.Random, n: int, *, espeak_voices=ESPEAK_VOICES, variants=ESPEAK_VARIANTS,
-               flite_voices=FLITE_VOICES, flite_share: float = 0.25) -> list[Voice]:
-    """``n`` random voices: espeak voice x variant with random rate/pitch, and flite voices if present."""
+               flite_voices=FLITE_VOICES, flite_share: float = 0.25, random_variants: RandomVariants | None = None,
+               random_share: float = 0.0) -> list[Voice]:
+    """``n`` random voices: espeak voice x variant with random rate/pitch, and flite voices if present.
+    With ``random_variants``, a share ``random_share`` of the espeak voices use one of its generated
+    variants instead of a stock one (no draws are added when ``random_share`` is 0: pools stay as they were)."""
     pool = []
     use_flite = have_flite() and flite_voices
     for _ in range(n):
@@ -72,6 +168,11 @@ def voice_pool(rng: random.Random, n: int, *, espeak_voices=ESPEAK_VOICES, varia
             pool.append(Voice("flite", rng.choice(flite_voices), rng.uniform(0.8, 1.3), rng.uniform(80, 220)))
         else:
             v = rng.choice(espeak_voices)
+            if random_variants is not None and random_share > 0 and rng.random() < random_share:
+                var = rng.choice(random_variants.names)
+                pool.append(Voice("espeak", f"{v}+{var}", rng.uniform(110, 210), rng.uniform(20, 80),
+                                  str(random_variants.root)))
+                continue
             var = rng.choice(variants)
             pool.append(Voice("espeak", f"{v}+{var}" if var else v, rng.uniform(110, 210), rng.uniform(20, 80)))
     return pool

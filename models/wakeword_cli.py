@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--dropout", type=float, default=d.dropout, help="dropout while training the head")
     t.add_argument("--pos-weight-power", type=float, default=d.pos_weight_power,
                    help="positives weigh (negatives/positives)**P in the loss; higher: fewer misses, more false accepts")
+    t.add_argument("--random-voices", type=float, default=d.random_voices, metavar="SHARE",
+                   help="share of espeak voices that use a randomly generated variant (vocal-tract length, "
+                        "pitch, voice quality) instead of a stock one, 0-1 (default: %(default)s)")
     t.add_argument("--ensemble", type=int, default=d.ensemble, help="heads trained on independent data (seeds seed..seed+K-1), scores averaged")
     e = sub.add_parser("eval", help="FRR / false accepts per hour report with a DET curve")
     e.add_argument("model", type=Path)
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                           sentences=args.sentences, epochs=args.epochs, seed=args.seed, threads=args.threads,
                           repitch=args.repitch, backgrounds=args.backgrounds, noise_over=args.noise_over,
                           ensemble=args.ensemble, dropout=args.dropout,
-                          pos_weight_power=args.pos_weight_power)
+                          pos_weight_power=args.pos_weight_power, random_voices=args.random_voices)
         print(json.dumps(train(cfg, args.out)))
         return 0
     from .wakeword_eval import evaluate

@@ -52,6 +52,7 @@ STREAM_S = 2.4
 HELD_OUT_VARIANTS = ["f2", "m4", "Annie", "Belinda", "Caleb", "Gene", "Jacky", "Linda", "Quincy", "Steph",
                      "norbert", "klatt3", "whisper", "grandma", "shelby"]
 HELD_OUT_FLITE = ["slt"]
+RANDOM_VARIANTS = 500        # generated espeak variants per training data set (with random_voices > 0)
 TRAIN_VARIANTS = [v for v in tts.ESPEAK_VARIANTS if v not in HELD_OUT_VARIANTS]
 TRAIN_FLITE = [v for v in tts.FLITE_VOICES if v not in HELD_OUT_FLITE]
 
@@ -105,6 +106,7 @@ class TrainConfig:
     dropout: float = 0.3       # on the head's input and first hidden layer while training
     pos_weight_power: float = 0.7   # positives weigh (negatives / positives) ** this in the loss (1 = balanced)
     ensemble: int = 3          # heads trained on independent data (seeds seed, seed+1, ...), scores averaged
+    random_voices: float = 0.0  # share of espeak voices that use a generated variant (tts.RandomVariants)
 
 
 def place_at_end(rng: np.random.Generator, clip: np.ndarray, total: int, tail: int) -> np.ndarray:
@@ -172,12 +174,29 @@ def sliding_windows(embs: np.ndarray, n: int = N_EMB, start: int = N_EMB + 9) ->
 
 def build_dataset(cfg: TrainConfig, fx: FeatureExtractor) -> tuple[np.ndarray, np.ndarray]:
     tts.require_espeak()
+    variants = None
+    if cfg.random_voices > 0:                  # own generator: the other draws stay as without variants
+        variants = tts.RandomVariants(random.Random(f"variants-{cfg.seed}"), RANDOM_VARIANTS)
+    try:
+        return _build_dataset(cfg, fx, variants)
+    finally:
+        if variants is not None:
+            variants.close()
+
+
+def _build_dataset(cfg: TrainConfig, fx: FeatureExtractor,
+                   variants: tts.RandomVariants | None) -> tuple[np.ndarray, np.ndarray]:
     rnd = random.Random(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     total = int(STREAM_S * 16000)
 
     def voices(n):
-        return tts.voice_pool(rnd, n, variants=TRAIN_VARIANTS, flite_voices=TRAIN_FLITE)
+        return tts.voice_pool(rnd, n, variants=TRAIN_VARIANTS, flite_voices=TRAIN_FLITE,
+                              random_variants=variants, random_share=cfg.random_voices)
+
+    def speak(texts, vs):
+        """Synthesis in parallel; texts and voices are drawn before, in the order of a sequential loop."""
+        return tts.synth_many(texts, vs, workers=cfg.threads)
 
     t0 = time.time()
     shifter = VoiceShifter() if cfg.repitch > 0 else None
@@ -201,7 +220,10 @@ def build_dataset(cfg: TrainConfig, fx: FeatureExtractor) -> tuple[np.ndarray, n
     kinds = tuple(k.strip() for k in cfg.backgrounds.split(",") if k.strip())
     bank = None
     if kinds:
-        talkers = [tts.synth(tts.random_sentence(rnd), v) for v in voices(60)] if "babble" in kinds else []
+        talkers = []
+        if "babble" in kinds:
+            talker_voices = voices(60)
+            talkers = speak([tts.random_sentence(rnd) for _ in talker_voices], talker_voices)
         bank = background_bank(rng, talkers, kinds=kinds)
 
     def phrase_stream(clip: np.ndarray, max_tail_s: float) -> np.ndarray:
@@ -215,23 +237,25 @@ def build_dataset(cfg: TrainConfig, fx: FeatureExtractor) -> tuple[np.ndarray, n
         return augment(rng, x, bank, speech=(max(0, end - len(clip)), end))
 
     pos_streams = []
-    for v in voices(cfg.positives):
-        for clip in with_copy(tts.synth(cfg.phrase, v)):
+    pos_voices = voices(cfg.positives)
+    for spoken in speak([cfg.phrase] * len(pos_voices), pos_voices):
+        for clip in with_copy(spoken):
             pos_streams.append(phrase_stream(clip, 0.16))
     adv = near_phrases(cfg.phrase)
     neg_streams = []
-    for v in voices(cfg.adversarial):
-        for clip in with_copy(tts.synth(rnd.choice(adv), v)):
+    adv_voices = voices(cfg.adversarial)
+    for spoken in speak([rnd.choice(adv) for _ in adv_voices], adv_voices):
+        for clip in with_copy(spoken):
             neg_streams.append(phrase_stream(clip, 0.3))
     log.info("synthesised phrases", extra={"positives": len(pos_streams), "adversarial": len(neg_streams),
                                            "seconds": round(time.time() - t0, 1)})
     long_streams = []
     sent_voices = voices(cfg.sentences)
+    sentences = speak([tts.random_sentence(rnd) for _ in sent_voices], sent_voices)
     for i in range(0, cfg.sentences, 10):
         parts = []
         reshape = shifter is not None and rng.random() < cfg.repitch / 4    # re-pitched speech is not a cue
-        for v in sent_voices[i:i + 10]:
-            sentence = tts.synth(tts.random_sentence(rnd), v)
+        for sentence in sentences[i:i + 10]:
             sentence = reshaped(sentence) if reshape else sentence
             if noise_over_clip():
                 parts.append(augment(rng, sentence, bank))

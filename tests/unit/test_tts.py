@@ -1,0 +1,95 @@
+"""Synthetic speech for wakeword training: parallel synthesis and generated espeak-ng variants."""
+
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voxserve.models import tts
+
+pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                reason="espeak-ng is not installed (apt-get install espeak-ng)")
+
+
+def test_parallel_synthesis_equals_the_sequential_loop():
+    rnd = random.Random(4)
+    voices = tts.voice_pool(rnd, 6)
+    texts = [tts.random_sentence(rnd, 2, 4) for _ in voices]
+    parallel = tts.synth_many(texts, voices, workers=3)
+    assert len(parallel) == 6
+    for text, voice, got in zip(texts, voices, parallel):
+        np.testing.assert_array_equal(got, tts.synth(text, voice))
+    with pytest.raises(ValueError):
+        tts.synth_many(texts, voices[:2])
+
+
+def test_generated_variants_are_seeded_written_and_cleaned_up():
+    a, b = tts.RandomVariants(random.Random(7), 5), tts.RandomVariants(random.Random(7), 5)
+    try:
+        files = [a.root / "espeak-ng-data" / "voices" / "!v" / n for n in a.names]
+        texts = [f.read_text() for f in files]
+        assert texts == [(b.root / "espeak-ng-data" / "voices" / "!v" / n).read_text() for n in b.names]
+        assert len(set(texts)) == 5 and all(t.startswith("language variant\n") for t in texts)
+        # the stock variants and the language data stay reachable through the private folder
+        assert (a.root / "espeak-ng-data" / "voices" / "!v" / "m1").exists()
+        assert (a.root / "espeak-ng-data" / "phontab").exists()
+    finally:
+        a.close()
+        b.close()
+    assert not a.root.exists()
+
+
+def test_generated_variants_never_use_the_held_out_klatt3_synthesiser():
+    rnd = random.Random(0)
+    texts = [tts.RandomVariants.variant_text(rnd, f"vx{k}") for k in range(400)]
+    klatt = [line for t in texts for line in t.splitlines() if line.startswith("klatt")]
+    assert klatt and set(klatt) <= {"klatt 1", "klatt 2"}
+
+
+def test_espeak_speaks_with_the_generated_variant_not_a_fallback():
+    rv = tts.RandomVariants(random.Random(3), 2)
+    try:
+        stock = tts.synth("hey jarvis", tts.Voice("espeak", "en-us", 160, 50))
+        gen = [tts.synth("hey jarvis", tts.Voice("espeak", f"en-us+{n}", 160, 50, str(rv.root))) for n in rv.names]
+    finally:
+        rv.close()
+    for x in gen:                                   # an unknown variant makes espeak fall back to the default
+        assert len(x) > 8000 and float(np.abs(x).max()) > 0.1
+        assert len(x) != len(stock) or not np.array_equal(x, stock)
+    assert len(gen[0]) != len(gen[1]) or not np.array_equal(gen[0], gen[1])
+
+
+def test_pools_without_generated_variants_are_unchanged():
+    rv = tts.RandomVariants(random.Random(1), 3)
+    try:
+        plain = tts.voice_pool(random.Random(9), 40)
+        assert tts.voice_pool(random.Random(9), 40, random_variants=rv, random_share=0.0) == plain
+        mixed = tts.voice_pool(random.Random(9), 200, random_variants=rv, random_share=0.5)
+    finally:
+        rv.close()
+    generated = [v for v in mixed if v.data_path]
+    assert 50 < len(generated) < 110 and all(v.name.split("+")[1] in rv.names for v in generated)
+
+
+@pytest.mark.slow
+def test_generated_voices_are_intelligible_speech():
+    """Moonshine (the server's ASR) understands most generated voices about as well as stock espeak voices:
+    the variants are voices, not noise."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from textnorm import wer
+
+    from voxserve.server.asr.moonshine import MoonshineModel
+
+    text = "the quick brown fox jumps over the lazy dog"
+    rv = tts.RandomVariants(random.Random(11), 8)
+    try:
+        voices = [tts.Voice("espeak", f"en-us+{n}", 160, 50, str(rv.root)) for n in rv.names]
+        audio = tts.synth_many([text] * len(voices), voices)
+    finally:
+        rv.close()
+    hyps = MoonshineModel("onnxruntime-cpu").transcribe(audio)
+    errors = [wer([(text, h.text)]) for h in hyps]
+    assert sum(e <= 0.6 for e in errors) >= 5, [h.text for h in hyps]
