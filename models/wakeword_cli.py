@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--positives", type=int, default=600)
     e.add_argument("--synthetic-minutes", type=float, default=120.0,
                    help="long synthetic speech added to the negatives (2 h resolves 0.5 false accepts/hour)")
+    e.add_argument("--max-fa-per-hour", type=float, default=0.5,
+                   help="false-accept target of the operating point the report names (default: %(default)s)")
+    e.add_argument("--write-threshold", action="store_true",
+                   help="store the operating point's threshold in MODEL.json: the server then uses it for this "
+                        "head unless a stream sets one")
     args = p.parse_args(argv)
     from voxserve.server.logs import configure
 
@@ -70,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     from .wakeword_eval import evaluate
 
     res = evaluate(args.model, args.phrase, args.shared, args.out, positives=args.positives,
-                   synthetic_minutes=args.synthetic_minutes)
+                   synthetic_minutes=args.synthetic_minutes, max_fa_per_hour=args.max_fa_per_hour,
+                   write_threshold=args.write_threshold)
     print((args.out / "wakeword-eval.md").read_text())
     print(f"report: {args.out / 'wakeword-eval.md'}  DET: {args.out / 'wakeword-det.png'}", file=sys.stderr)
     return 0 if res else 1

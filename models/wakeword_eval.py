@@ -138,8 +138,27 @@ def build_eval_set(phrase: str, shared: Path, n: int, *, positives: int = 600, s
                    real_s / 60, synth_s / 60, conditions)
 
 
-def score_eval_set(score, es: EvalSet) -> dict:
-    """FRR / false accepts per hour over a threshold sweep, for ``score`` (windows -> scores)."""
+def operating_point(pos_max: np.ndarray, neg_scores: list[np.ndarray], hours: float,
+                    max_fa_per_hour: float) -> dict | None:
+    """The threshold (0.01 grid) with the fewest misses whose false accepts stay at or under
+    ``max_fa_per_hour`` (the higher threshold on ties), or None if no threshold up to 0.99 gets there."""
+    best = None
+    for thr in np.round(np.arange(0.05, 1.0, 0.01), 2):
+        fa = sum(count_events(s, thr) for s in neg_scores)
+        if fa / hours > max_fa_per_hour:
+            continue
+        frr = float((pos_max < thr).mean())
+        if best is None or frr <= best["frr"]:
+            best = {"threshold": float(thr), "frr": frr, "false_accepts": fa, "fa_per_hour": fa / hours,
+                    "max_fa_per_hour": max_fa_per_hour}
+        if best is not None and frr > best["frr"]:
+            break                                    # FRR only grows with the threshold
+    return best
+
+
+def score_eval_set(score, es: EvalSet, max_fa_per_hour: float = 0.5) -> dict:
+    """FRR / false accepts per hour over a threshold sweep, for ``score`` (windows -> scores), and the
+    operating point: the fewest misses at or under ``max_fa_per_hour``."""
     def run(w):
         return np.concatenate([score(w[i:i + 512]) for i in range(0, len(w), 512)]) if len(w) else np.zeros(0)
 
@@ -167,6 +186,7 @@ def score_eval_set(score, es: EvalSet) -> dict:
             "negative_real_minutes": round(es.real_minutes, 2),
             "negative_synthetic_minutes": round(es.synthetic_minutes, 2),
             "at_threshold_0.5": next(r for r in rows if abs(r["threshold"] - 0.5) < 1e-9), "det": rows,
+            "operating_point": operating_point(pos_arr, neg_scores, es.negative_hours, max_fa_per_hour),
             "miss_rate_by_voice_at_0.5": {k: round(float(np.mean(np.array(v) < 0.5)), 3)
                                           for k, v in sorted(by_voice.items())},
             "positives_by_voice": {k: len(v) for k, v in sorted(by_voice.items())},
@@ -174,14 +194,30 @@ def score_eval_set(score, es: EvalSet) -> dict:
 
 
 def evaluate(model: Path, phrase: str, shared: Path, out_dir: Path, *, positives: int = 600,
-             synthetic_minutes: float = 120.0, threads: int = 2) -> dict:
+             synthetic_minutes: float = 120.0, threads: int = 2, max_fa_per_hour: float = 0.5,
+             write_threshold: bool = False) -> dict:
+    """Evaluate ``model``, write the report; with ``write_threshold``, store the operating point's threshold
+    in the head's .json (``threshold``: the server's default for that head)."""
     from voxserve.server.stages.wakeword_model import Head
 
     t0 = time.time()
     head = Head.load(model)
     es = build_eval_set(phrase, shared, head.n_embeddings, positives=positives,
                         synthetic_minutes=synthetic_minutes, threads=threads)
-    result = {"model": str(model), **score_eval_set(head.score, es), "seconds": round(time.time() - t0, 1)}
+    result = {"model": str(model), **score_eval_set(head.score, es, max_fa_per_hour),
+              "seconds": round(time.time() - t0, 1)}
+    op = result["operating_point"]
+    if write_threshold:
+        if op is None:
+            raise RuntimeError(f"no threshold keeps false accepts at or under {max_fa_per_hour}/h: "
+                               f"{model.with_suffix('.json')} left as it was")
+        meta_path = model.with_suffix(".json")
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        meta["threshold"] = op["threshold"]
+        meta["calibration"] = {"max_fa_per_hour": max_fa_per_hour, "frr": round(op["frr"], 4),
+                               "fa_per_hour": round(op["fa_per_hour"], 3), "positives": result["positives"],
+                               "negative_hours": result["negative_hours"], "by": "voxserve-wakeword eval"}
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "wakeword-eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "wakeword-eval.md").write_text(report_markdown(result))
@@ -196,7 +232,7 @@ def report_markdown(r: dict) -> str:
              f"- negatives: {r['negative_hours']:.3f} h ({r['negative_real_minutes']} min real recordings from "
              f"../shared/eval, {r['negative_synthetic_minutes']} min synthetic speech)",
              f"- at threshold 0.5: **FRR {at['frr'] * 100:.1f} %**, **{at['fa_per_hour']:.2f} false accepts/hour** "
-             f"({at['false_accepts']} events)", "",
+             f"({at['false_accepts']} events)", operating_line(r.get("operating_point")), "",
              "| threshold | FRR % | false accepts | FA/hour |", "|---|---|---|---|"]
     for row in r["det"]:
         lines.append(f"| {row['threshold']:.2f} | {row['frr'] * 100:.1f} | {row['false_accepts']} | "
@@ -214,6 +250,14 @@ def report_markdown(r: dict) -> str:
         for voice, rate in voices.items():
             lines.append(f"| voice: {voice} | {counts.get(voice, '')} | {rate * 100:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def operating_line(op: dict | None) -> str:
+    if op is None:
+        return "- operating point: no threshold keeps false accepts at or under the target"
+    return (f"- operating point (fewest misses at <= {op['max_fa_per_hour']} false accepts/hour, 0.01 grid): "
+            f"threshold {op['threshold']:.2f}: **FRR {op['frr'] * 100:.1f} %** at {op['fa_per_hour']:.2f} "
+            f"false accepts/hour ({op['false_accepts']} events)")
 
 
 def plot_det(rows: list[dict], path: Path, name: str) -> None:

@@ -20,6 +20,8 @@ class Option:
     ``min``/``max`` bound numbers (inclusive); ``choices`` restricts values (for a ``dict``: its keys);
     ``updatable`` says whether ``update`` may change it mid-stream. A ``dict`` option maps keys to
     option maps validated against ``fields`` (e.g. per-head overrides of a pipeline's options).
+    An option whose default is ``None`` (meaning "decided elsewhere", e.g. by the model) also accepts
+    ``None`` (JSON null), which restores that default.
     """
 
     name: str
@@ -34,6 +36,8 @@ class Option:
 
     def coerce(self, pipeline: str, value: Any) -> Any:
         where = f"{pipeline}.{self.name}"
+        if value is None and self.default is None:
+            return None
         if self.kind is bool:
             if not isinstance(value, bool):
                 raise ProtocolError(ErrorCode.BAD_VALUE, f"{where} must be a boolean, got {value!r}")

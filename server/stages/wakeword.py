@@ -45,7 +45,8 @@ MAX_BACKFILL_STEPS = 34      # rebuilds 68 mel frames (9 steps) + 25 embeddings 
 MAX_STEPS_PER_REQUEST = 64
 
 DETECTION_OPTIONS = (
-    Option("threshold", float, 0.5, "score at or above which a step counts", min=0.0, max=1.0),
+    Option("threshold", float, None, "score at or above which a step counts; null (the default): each head's "
+           "calibrated threshold from its .json (0.5 for heads without one)", min=0.0, max=1.0),
     Option("patience", int, 1, "consecutive 80 ms steps at or above threshold before firing", min=1, max=50),
     Option("refractory_ms", int, 2000, "after firing, the same head stays quiet this long", min=0, max=60000),
 )
@@ -135,7 +136,8 @@ class WakewordStage(Stage):
 
     def describe(self) -> dict:
         d = self.schema.describe()
-        d["models"] = {n: {"features": h.flavour, "embeddings": h.n_embeddings, "path": str(h.path)}
+        d["models"] = {n: {"features": h.flavour, "embeddings": h.n_embeddings, "threshold": h.threshold,
+                           "path": str(h.path)}
                        for n, h in self.heads.items()}
         return d
 
@@ -316,6 +318,8 @@ class WakewordStream(StageStream):
     def _detect(self, name: str, first: int, scores: np.ndarray, outcome, arrival: float, now: float) -> None:
         o = {**self.opts, **self.opts["heads"].get(name, {})}          # the stream's options, then this head's
         head = self.stage.heads[name]
+        if o["threshold"] is None:                                      # neither set: the head's calibrated one
+            o["threshold"] = head.threshold
         warmup = head.n_embeddings + 9       # first step whose N embeddings all come from stream audio
         for j, score in enumerate(scores):
             step = first + j

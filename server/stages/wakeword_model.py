@@ -9,7 +9,9 @@ input shape: 16 for livekit heads, 24/25 for others). Frame ``f`` of the mel str
 Two feature flavours exist in the wild: openWakeWord's original heads were trained on int16-scaled
 input (``oww``: samples x 32768), livekit-wakeword heads on [-1, 1] floats (``float``). A head's
 flavour is read from ``<head>.json`` (``{"features": "oww"|"float"}``) if present, else guessed:
-input named ``embeddings`` = livekit = ``float``, otherwise ``oww``.
+input named ``embeddings`` = livekit = ``float``, otherwise ``oww``. The same file may carry the head's
+calibrated operating point (``{"threshold": 0.6}``), the threshold a stream uses for that head unless it
+sets one (:data:`DEFAULT_THRESHOLD` for heads without one).
 
 Per-stream state is explicit and passed in and out of :meth:`WakewordFrontEnd.run_batch`, so many
 streams share one batched engine call per model: the *acoustic* state (by default the incremental
@@ -39,6 +41,7 @@ MEL_HISTORY = EMB_WINDOW - MEL_PER_STEP   # 68
 EMB_HISTORY = 25             # longest head input seen in the wild
 EMB_DIM = 96
 FLAVOURS = {"oww": 32768.0, "float": 1.0}
+DEFAULT_THRESHOLD = 0.5      # for heads whose .json names no calibrated threshold
 
 
 def frontend_paths() -> tuple[Path, Path]:
@@ -69,6 +72,7 @@ class Head:
     input_name: str
     output_name: str
     batchable: bool
+    threshold: float = DEFAULT_THRESHOLD   # calibrated operating point (``threshold`` in <head>.json)
 
     @classmethod
     def load(cls, path: str | Path, engine_kind: str = "onnxruntime-cpu", name: str | None = None) -> "Head":
@@ -92,14 +96,22 @@ class Head:
             raise HeadError(f"wakeword head {path}: output {out.name} has shape {list(out.shape)}, expected [batch, 1]")
         flavour = "float" if spec.name == "embeddings" else "oww"
         meta = path.with_suffix(".json")
+        threshold = DEFAULT_THRESHOLD
         if meta.exists():
-            info = json.loads(meta.read_text())
+            try:
+                info = json.loads(meta.read_text())
+            except ValueError as exc:
+                raise HeadError(f"wakeword head {path}: {meta.name} is not valid JSON: {exc}") from exc
             flavour = info.get("features", flavour)
             name = name or info.get("name")
+            threshold = info.get("threshold", threshold)
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+                raise HeadError(f"wakeword head {path}: {meta.name} threshold must be a number in (0, 1], "
+                                f"got {threshold!r}")
         if flavour not in FLAVOURS:
             raise HeadError(f"wakeword head {path}: unknown features flavour {flavour!r} (use oww or float)")
         return cls(name or path.stem, path, engine, int(shape[1]), flavour, spec.name, out.name,
-                   batchable=shape[0] is None)
+                   batchable=shape[0] is None, threshold=float(threshold))
 
     def score(self, windows: np.ndarray) -> np.ndarray:
         """[n, N, 96] -> [n] scores (loops when the head has a fixed batch of 1)."""

@@ -203,3 +203,33 @@ def test_shipped_hey_jarvis_hears_held_out_voices_and_ignores_real_speech(defaul
         res = stream(default_ww_server.url, load_audio(SHARED / "eval" / "speech" / r["path"]), pipelines=["wakeword"],
                      speed=0, frame_ms=100)
         assert not res.of_type("wakeword"), r["path"]
+
+
+@pytest.fixture(scope="module")
+def calibrated_server(tmp_path_factory):
+    """A server whose hey_livekit head carries a calibrated threshold in its .json (0.999: never reached)."""
+    import json
+    import shutil
+
+    src = shared_or_skip("wakeword", "heads") / "hey_livekit.onnx"
+    models = tmp_path_factory.mktemp("calibrated")
+    shutil.copy(src, models / "hey_livekit.onnx")
+    (models / "hey_livekit.json").write_text(json.dumps({"threshold": 0.999}))
+    srv = start_server(tmp_path_factory.mktemp("ww2"), "--pipelines", "vad,wakeword", "--wakeword-models",
+                       str(models), "--log-format", "text", "--max-frames-per-second", "1000", "--frame-burst", "5000")
+    yield srv
+    srv.stop()
+
+
+def test_head_calibrated_threshold_is_the_default_and_stream_settings_win(calibrated_server):
+    heads = shared_or_skip("wakeword", "heads")
+    src = load_audio(heads / "positive.wav")
+    run = lambda opts: [e["name"] for e in stream(calibrated_server.url, src, pipelines=["wakeword"],  # noqa: E731
+                                                  speed=0, frame_ms=100, options={"wakeword": opts}).of_type("wakeword")]
+    assert run({}) == []                                                      # the head's own 0.999
+    assert run({"threshold": 0.5}) == ["hey_livekit"]                         # the stream's explicit threshold
+    assert run({"heads": {"hey_livekit": {"threshold": 0.5}}}) == ["hey_livekit"]
+    assert run({"threshold": 0.5, "heads": {"hey_livekit": {"threshold": None}}}) == []   # null: the head's again
+    info = calibrated_server.get_json("/v1/info")
+    assert info["models"]["wakeword"]["hey_livekit"]["threshold"] == 0.999
+    assert info["pipelines"]["wakeword"]["options"]["threshold"]["default"] is None

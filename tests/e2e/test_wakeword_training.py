@@ -23,17 +23,25 @@ def test_train_and_eval_cli_produce_a_loadable_head_and_a_report(tmp_path):
     exe = str(Path(sys.executable).parent / "voxserve-wakeword")
     out = tmp_path / "hey_computer.onnx"
     subprocess.run([exe, "train", "hey computer", "--out", str(out), "--positives", "24", "--adversarial", "24",
-                    "--sentences", "10", "--epochs", "2", "--ensemble", "2"], check=True, capture_output=True, timeout=300)
+                    "--sentences", "10", "--epochs", "2", "--ensemble", "2", "--random-voices", "0.5"],
+                   check=True, capture_output=True, timeout=300)
     head = Head.load(out)
     assert head.n_embeddings == 16 and head.flavour == "oww" and head.batchable
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["phrase"] == "hey computer" and meta["config"]["positives"] == 24 and meta["members"] == 2
+    assert meta["config"]["random_voices"] == 0.5 and "threshold" not in meta
     report = tmp_path / "report"
     subprocess.run([exe, "eval", str(out), "--phrase", "hey computer", "--out", str(report), "--shared", str(SHARED),
-                    "--positives", "8", "--synthetic-minutes", "0.2"], check=True, capture_output=True, timeout=300)
+                    "--positives", "8", "--synthetic-minutes", "0.2", "--max-fa-per-hour", "100000",
+                    "--write-threshold"], check=True, capture_output=True, timeout=300)
     result = json.loads((report / "wakeword-eval.json").read_text())
     assert result["positives"] == 8 and len(result["det"]) == 19 and result["negative_hours"] > 0
     assert "| threshold | FRR % |" in (report / "wakeword-eval.md").read_text()
+    op = result["operating_point"]                   # any threshold meets 100000/h: the fewest misses wins
+    assert op["frr"] == min(r["frr"] for r in result["det"])
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["threshold"] == op["threshold"] == Head.load(out).threshold
+    assert meta["phrase"] == "hey computer" and meta["calibration"]["max_fa_per_hour"] == 100000
     assert (report / "wakeword-det.png").stat().st_size > 1000
 
 
@@ -54,3 +62,18 @@ def test_averaged_heads_export_scores_the_mean_of_the_members(tmp_path):
     got = Head.load(out).score(x)
     np.testing.assert_allclose(got, expect, atol=1e-5)
     assert np.abs(got - single).max() > 1e-3                 # the mean, not just the first member
+
+
+def test_operating_point_is_the_fewest_misses_within_the_false_accept_target():
+    import numpy as np
+
+    from voxserve.models.wakeword_eval import operating_point
+
+    pos = np.array([0.95, 0.9, 0.8, 0.7, 0.3])                 # best scores of five positives
+    noise = np.zeros(200)
+    noise[[10, 100]] = [0.75, 0.65]                              # two isolated false peaks in one stream
+    op = operating_point(pos, [noise], hours=1.0, max_fa_per_hour=1.0)
+    assert op["threshold"] == 0.7 and op["false_accepts"] == 1 and op["frr"] == 0.2    # ties: the highest
+    op = operating_point(pos, [noise], hours=1.0, max_fa_per_hour=0.0)
+    assert op["threshold"] == 0.8 and op["frr"] == 0.4 and op["false_accepts"] == 0
+    assert operating_point(pos, [np.ones(200)], hours=1.0, max_fa_per_hour=0.0) is None

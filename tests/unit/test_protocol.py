@@ -192,3 +192,17 @@ def test_dict_option_validates_keys_and_nested_fields():
     a, b = merge_options(schema, {}), merge_options(schema, {})
     a["heads"]["x"] = {}
     assert b["heads"] == {}                                    # defaults are not shared between streams
+
+
+def test_null_restores_an_option_whose_default_is_decided_elsewhere():
+    from voxserve.server.protocol.errors import ProtocolError
+    from voxserve.server.protocol.options import Option, PipelineSchema, merge_options, validate_options
+
+    schema = PipelineSchema("ww", (Option("threshold", float, None, min=0.0, max=1.0),
+                                   Option("patience", int, 1, min=1)))
+    assert merge_options(schema, {}) == {"threshold": None, "patience": 1}
+    assert validate_options(schema, {"threshold": None}) == {"threshold": None}
+    assert validate_options(schema, {"threshold": 1}) == {"threshold": 1.0}
+    with pytest.raises(ProtocolError) as err:                 # null is no value for an option with a real default
+        validate_options(schema, {"patience": None})
+    assert err.value.code.value == "bad_value"

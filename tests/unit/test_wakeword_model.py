@@ -157,3 +157,26 @@ def test_wrong_shaped_head_rejected_with_clear_error(tmp_path):
         Head.load(path)
     with pytest.raises(HeadError, match="does not exist"):
         Head.load(tmp_path / "missing.onnx")
+
+
+def test_head_json_carries_its_calibrated_threshold(tmp_path):
+    import json
+    import shutil
+
+    from voxserve.server.stages.wakeword import default_model_dir
+    from voxserve.server.stages.wakeword_model import DEFAULT_THRESHOLD
+
+    onnx_path = tmp_path / "ww.onnx"
+    shutil.copy(default_model_dir() / "hey_jarvis.onnx", onnx_path)
+    assert Head.load(onnx_path).threshold == DEFAULT_THRESHOLD                # no .json: the server default
+    meta = tmp_path / "ww.json"
+    meta.write_text(json.dumps({"features": "oww", "threshold": 0.62}))
+    head = Head.load(onnx_path)
+    assert head.threshold == 0.62 and head.flavour == "oww"
+    for bad in (0, 1.5, "0.6", True):
+        meta.write_text(json.dumps({"threshold": bad}))
+        with pytest.raises(HeadError, match="threshold must be a number"):
+            Head.load(onnx_path)
+    meta.write_text("{not json")
+    with pytest.raises(HeadError, match="not valid JSON"):
+        Head.load(onnx_path)
