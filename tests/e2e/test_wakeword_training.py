@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from voxserve.models.tts import PiperVoice
 from voxserve.server.stages.wakeword_model import Head
 
 from ..conftest import SHARED, shared_or_skip
@@ -23,7 +24,8 @@ def test_train_and_eval_cli_produce_a_loadable_head_and_a_report(tmp_path):
     exe = str(Path(sys.executable).parent / "voxserve-wakeword")
     out = tmp_path / "hey_computer.onnx"
     subprocess.run([exe, "train", "hey computer", "--out", str(out), "--positives", "24", "--adversarial", "24",
-                    "--sentences", "10", "--epochs", "2", "--ensemble", "2", "--random-voices", "0.5"],
+                    "--sentences", "10", "--epochs", "2", "--ensemble", "2", "--random-voices", "0.5",
+                    *(["--piper-voices", "0.3"] if PiperVoice.available() else [])],
                    check=True, capture_output=True, timeout=300)
     head = Head.load(out)
     assert head.n_embeddings == 16 and head.flavour == "oww" and head.batchable

