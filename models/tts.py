@@ -40,9 +40,9 @@ FLITE_VOICES = ["kal", "kal16", "awb", "rms", "slt"]
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str          # "espeak" or "flite"
-    name: str            # espeak "voice+variant" or flite voice
-    rate: float          # espeak words/min, or flite duration stretch
+    engine: str          # "espeak", "flite" or "piper"
+    name: str            # espeak "voice+variant", flite voice, or "joe" (the packaged Piper voice)
+    rate: float          # espeak words/min, or flite duration stretch, or piper length scale
     pitch: float         # espeak 0-99, or flite f0 mean in Hz, or piper pitch shift in semitones
     data_path: str | None = None   # espeak-ng --path (a folder holding espeak-ng-data) for generated variants
     formant: float = 0.0           # piper: formant shift in semitones (vocal-tract length)
@@ -66,7 +66,8 @@ class PiperVoice:
 
     The graph samples noise with two ``RandomNormalLike`` nodes; they get fixed seeds here, so the
     audio depends only on the sequence of calls made in this process: :func:`synth_many` therefore runs
-    every Piper voice in the calling thread, in order. One instance per process (:meth:`get`)."""
+    every Piper voice in the calling thread, in order (espeak-ng and flite run beside it). One instance
+    per process (:meth:`get`; :meth:`reset` starts over as a fresh process would)."""
 
     _instance: "PiperVoice | None" = None
 
@@ -103,6 +104,11 @@ class PiperVoice:
             cls._instance = PiperVoice()
         return cls._instance
 
+    @classmethod
+    def reset(cls) -> None:
+        """Forget the instance: the next calls sound as in a fresh process."""
+        cls._instance = None
+
     def phoneme_ids(self, text: str) -> list[int]:
         """Piper's input: BOS, each IPA symbol followed by the pad symbol, EOS (unknown symbols dropped)."""
         ipa = subprocess.run(["espeak-ng", "-q", "--ipa", "-v", self.espeak_voice, text], capture_output=True,
@@ -129,10 +135,14 @@ class PiperVoice:
 
 
 def synth(text: str, voice: Voice) -> np.ndarray:
-    if voice.engine == "piper":
-        x = PiperVoice.get()(text, voice)
-        peak = float(np.max(np.abs(x))) if x.size else 0.0
-        return x / peak * 0.7 if peak > 0 else x
+    """``text`` spoken by ``voice``: 16 kHz float32, peak 0.7."""
+    x = PiperVoice.get()(text, voice) if voice.engine == "piper" else _synth_program(text, voice)
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    return x / peak * 0.7 if peak > 0 else x
+
+
+def _synth_program(text: str, voice: Voice) -> np.ndarray:
+    """espeak-ng or flite as a subprocess: 16 kHz float32 mono, level as the program made it."""
     if voice.engine == "espeak":
         cmd = ["espeak-ng", *([f"--path={voice.data_path}"] if voice.data_path else []), "-v", voice.name,
                "-s", str(int(voice.rate)), "-p", str(int(voice.pitch)), "--stdout", text]
@@ -143,15 +153,13 @@ def synth(text: str, voice: Voice) -> np.ndarray:
     x, rate = sf.read(io.BytesIO(out), dtype="float32")
     if x.ndim == 2:
         x = x.mean(axis=1)
-    x = soxr.resample(x, rate, 16000).astype(np.float32) if rate != 16000 else x
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
-    return x / peak * 0.7 if peak > 0 else x
+    return soxr.resample(x, rate, 16000).astype(np.float32) if rate != 16000 else x
 
 
 def synth_many(texts: list[str], voices: list[Voice], workers: int = 2) -> list[np.ndarray]:
-    """``synth(texts[i], voices[i])`` for every i, in order, with up to ``workers`` synthesiser processes
-    at once (each is a single-threaded program, so two workers use both cores of a 2-core machine).
-    Same results as calling :func:`synth` in a loop."""
+    """``synth(texts[i], voices[i])`` for every i, in order, with up to ``workers`` espeak-ng / flite
+    processes at once (each is single-threaded, so two workers use both cores of a 2-core machine) and
+    the Piper voice in this thread, in order. Same results as calling :func:`synth` in a loop."""
     if len(texts) != len(voices):
         raise ValueError("synth_many needs one voice per text")
     if workers <= 1 or len(texts) < 2:
@@ -159,7 +167,7 @@ def synth_many(texts: list[str], voices: list[Voice], workers: int = 2) -> list[
     out: list = [None] * len(texts)
     with ThreadPoolExecutor(workers) as pool:
         futures = {i: pool.submit(synth, t, v) for i, (t, v) in enumerate(zip(texts, voices)) if v.engine != "piper"}
-        for i, (t, v) in enumerate(zip(texts, voices)):       # seeded neural voice: here, in order
+        for i, (t, v) in enumerate(zip(texts, voices)):       # the seeded neural voice: here, in order
             if v.engine == "piper":
                 out[i] = synth(t, v)
         for i, f in futures.items():

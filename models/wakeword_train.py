@@ -107,7 +107,7 @@ class TrainConfig:
     pos_weight_power: float = 0.7   # positives weigh (negatives / positives) ** this in the loss (1 = balanced)
     ensemble: int = 3          # heads trained on independent data (seeds seed, seed+1, ...), scores averaged
     random_voices: float = 0.0  # share of espeak voices that use a generated variant (tts.RandomVariants)
-    piper_voices: float = 0.0   # share of all voices that are the neural Piper voice (tts.PiperVoice), shifted
+    piper_voices: float = 0.2   # share of all voices that are the neural Piper voice (tts.PiperVoice), shifted
 
 
 def place_at_end(rng: np.random.Generator, clip: np.ndarray, total: int, tail: int) -> np.ndarray:

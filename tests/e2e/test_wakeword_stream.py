@@ -185,7 +185,14 @@ def test_shipped_hey_jarvis_hears_held_out_voices_and_ignores_real_speech(defaul
     from voxserve.models import tts
     from voxserve.models.wakeword_train import HELD_OUT_VARIANTS
 
-    assert list(default_ww_server.get_json("/v1/info")["models"]["wakeword"]) == ["hey_jarvis"]
+    import json
+
+    from voxserve.server.stages.wakeword import default_model_dir
+
+    shipped = default_ww_server.get_json("/v1/info")["models"]["wakeword"]
+    assert list(shipped) == ["hey_jarvis"]
+    calibrated = json.loads((default_model_dir() / "hey_jarvis.json").read_text())["threshold"]
+    assert 0 < calibrated < 1 and shipped["hey_jarvis"]["threshold"] == calibrated      # the head's own default
     voices = [("en-us", "Annie"), ("en-gb", "Gene"), ("en-us", "f2"), ("en-gb-scotland", "Jacky"), ("en-029", "Quincy")]
     assert all(var in HELD_OUT_VARIANTS for _, var in voices)
     rng = np.random.default_rng(1)

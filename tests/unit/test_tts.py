@@ -84,12 +84,18 @@ def test_piper_voice_is_reproducible_and_runs_in_order_beside_the_parallel_engin
     voices = tts.voice_pool(rnd, 10, piper_share=0.5)
     assert {v.engine for v in voices} >= {"piper", "espeak"}
     texts = [tts.random_sentence(rnd, 2, 4) for _ in voices]
-    tts.PiperVoice._instance = None
+    tts.PiperVoice.reset()
     parallel = tts.synth_many(texts, voices, workers=2)
-    tts.PiperVoice._instance = None                      # a fresh process: same seeds, same call order
+    tts.PiperVoice.reset()                               # as a fresh process: same seeds, same call order
     sequential = [tts.synth(t, v) for t, v in zip(texts, voices)]
     for a, b in zip(parallel, sequential):
         np.testing.assert_array_equal(a, b)
+    piper = next(v for v in voices if v.engine == "piper")
+    tts.PiperVoice.reset()
+    first, second = tts.synth("hey jarvis", piper), tts.synth("hey jarvis", piper)
+    assert not np.array_equal(first, second)             # the sampling noise advances with every call ...
+    tts.PiperVoice.reset()
+    np.testing.assert_array_equal(tts.synth("hey jarvis", piper), first)   # ... from a fixed seed
     ids = tts.PiperVoice.get().phoneme_ids("hey jarvis")
     assert ids[:2] == [1, 0] and ids[-1] == 2 and len(ids) > 15      # BOS, pad, ..., EOS
 
