@@ -39,8 +39,13 @@ def fake_mic(tmp_path: Path) -> Path:
 
 
 def test_browser_client_end_to_end(tmp_path, chromium):
+    mic = fake_mic(tmp_path)              # may skip (no ../shared): before the server starts, so none leaks
     srv = start_server(tmp_path, "--pipelines", "vad,asr,vc", "--log-format", "text", "--no-admission")
-    browser = Browser(chromium, tmp_path / "profile", free_port(), fake_mic(tmp_path))
+    try:
+        browser = Browser(chromium, tmp_path / "profile", free_port(), mic)
+    except BaseException:
+        srv.stop()
+        raise
     try:
         browser.navigate(srv.http + "/")
         assert browser.evaluate("document.title") == "voxserve"
