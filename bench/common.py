@@ -28,7 +28,15 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{platform.node() or 'host'}: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
+    gpu = ""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            gpu = ", GPU " + "; ".join(line.strip() for line in out.stdout.strip().splitlines())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"{platform.node() or 'host'}: {os.cpu_count()} cores ({cpu}){gpu}, Python {platform.python_version()}"
 
 
 def today() -> str:

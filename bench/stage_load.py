@@ -119,7 +119,7 @@ def main():
             lines.append(f"| {r['streams']} | {r['server_cpu_cores']} | {r['results']} | {r['server_ms']['p50']} / "
                          f"{r['server_ms']['p99']} | {r['client_ms']['p50']} / {r['client_ms']['p99']} | "
                          f"{r['budget_events']} | {r['passthrough_blocks']} | {r['errors']} |")
-        opt = " ".join(f"--option {o}" for o in args.option)
+        opt = " ".join([f"--option {o}" for o in args.option] + [f"--server-arg={a}" for a in args.server_arg])
         record(f"Real-time load: {args.pipeline}", f"python bench/stage_load.py --pipeline {args.pipeline} --streams "
                f"{' '.join(map(str, args.streams))} --seconds {args.seconds:g} {opt}".rstrip() + " --record",
                "\n".join(lines))

@@ -34,8 +34,16 @@ class TensorSpec:
         return np.zeros(dims, dtype=self.dtype)
 
 
+#: Relative error to expect from each engine precision against an fp32 CPU run of the same graph, on
+#: values of the output's own scale (used by self-checks and tests that compare engines).
+PRECISION_RTOL = {"fp32": 1e-5, "tf32": 2e-3, "fp16": 1e-2}
+
+
 class Engine(abc.ABC):
     kind: str = "abstract"
+    #: arithmetic the engine computes in: "fp32" (exact to rounding), "tf32" (CUDA matmuls/convs with
+    #: 10 mantissa bits) or "fp16"
+    precision: str = "fp32"
 
     def __init__(self) -> None:
         self.inputs: list[TensorSpec] = []
@@ -58,7 +66,8 @@ class Engine(abc.ABC):
         pass
 
     def describe(self) -> dict:
-        return {"engine": self.kind, "detail": self.description, "max_batch": self.max_batch,
+        return {"engine": self.kind, "detail": self.description, "precision": self.precision,
+                "max_batch": self.max_batch,
                 "inputs": [(s.name, list(s.shape), str(s.dtype)) for s in self.inputs],
                 "outputs": [(s.name, list(s.shape), str(s.dtype)) for s in self.outputs]}
 

@@ -27,6 +27,25 @@ def _spec(arg) -> TensorSpec:
     return TensorSpec(arg.name, shape, np.dtype(_ORT_TYPES.get(arg.type, np.float32)))
 
 
+_PRELOADED = False
+
+
+def _preload_cuda_libraries(ort) -> None:
+    """Load CUDA and cuDNN from their pip packages (``nvidia-*``) when present, once per process.
+
+    ``onnxruntime-gpu`` finds them only on the library path otherwise; with PyTorch installed the same
+    libraries are already in the process. Best effort: a failure here shows up as the provider check below.
+    """
+    global _PRELOADED
+    if _PRELOADED or not hasattr(ort, "preload_dlls"):
+        return
+    _PRELOADED = True
+    try:
+        ort.preload_dlls()
+    except Exception:  # pragma: no cover - depends on the install
+        pass
+
+
 class OrtEngine(Engine):
     """One ``onnxruntime.InferenceSession``. ``kind`` picks the provider; CUDA/TensorRT sessions keep
     the CPU provider as a fallback for unsupported nodes. The TensorRT provider caches its built
@@ -61,14 +80,28 @@ class OrtEngine(Engine):
                 "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
                 "trt_fp16_enable": fp16}))
         if kind in ("onnxruntime-trt", "onnxruntime-cuda"):
-            providers.append("CUDAExecutionProvider")
+            # TF32 matmuls/convolutions (ONNX Runtime's default on Ampere and later) keep ~10 mantissa bits:
+            # results differ from the CPU by ~1e-3 relative. fp16=False asks for full fp32.
+            providers.append(("CUDAExecutionProvider", {"use_tf32": int(bool(fp16))}))
         providers.append("CPUExecutionProvider")
+        if kind != "onnxruntime-cpu":
+            _preload_cuda_libraries(ort)
         src = model if isinstance(model, bytes) else str(model)
         try:
             self.session = ort.InferenceSession(src, so, providers=providers)
         except Exception as exc:
             raise EngineError(f"{kind}: cannot load {name or model!s:.200}: {exc}") from exc
+        active = self.session.get_providers()
+        if wanted not in active:
+            # ONNX Runtime falls back to the CPU provider (with a log line) when the CUDA or TensorRT
+            # libraries fail to load; an engine named "cuda" must not quietly run on the CPU.
+            raise EngineError(
+                f"{kind}: ONNX Runtime could not start {wanted} (session runs on {active}); its CUDA/cuDNN"
+                f"{'/TensorRT' if kind == 'onnxruntime-trt' else ''} libraries are missing or do not match: "
+                f"pip install 'voxserve[gpu]' brings CUDA and cuDNN as pip packages, or put them on LD_LIBRARY_PATH")
         self.kind = kind
+        self.precision = {"onnxruntime-cpu": "fp32", "onnxruntime-cuda": "tf32" if fp16 else "fp32",
+                          "onnxruntime-trt": "fp16" if fp16 else "tf32"}[kind]
         self.name = name or (Path(model).stem if not isinstance(model, bytes) else "model")
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]

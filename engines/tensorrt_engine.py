@@ -58,6 +58,7 @@ class TensorRTEngine(Engine):
         props = torch.cuda.get_device_properties(0)
         gpu = f"{props.name}-sm{props.major}{props.minor}"
         precision = "fp16" if fp16 else "fp32"
+        self.precision = precision
         cache = Path(cache_dir or Path.home() / ".cache" / "voxserve" / "tensorrt")
         cache.mkdir(parents=True, exist_ok=True)
         key = cache_key(model_bytes, trt.__version__, gpu, precision)

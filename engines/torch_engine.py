@@ -2,12 +2,13 @@
 
 ``TorchEngine`` calls an ``nn.Module`` whose ``forward`` takes the inputs positionally in
 ``inputs`` order and returns a tuple in ``outputs`` order. ``TorchCudaGraphEngine`` captures one
-CUDA graph per batch bucket (1, 2, 4, ... ``max_batch``), pads each call up to its bucket, replays
-the graph and returns the first ``n`` rows: no per-call kernel launch overhead and no allocation.
+CUDA graph per batch bucket (1, 2, 4, ... ``max_batch``) and item shape, pads each call up to its bucket,
+replays the graph and returns the first ``n`` rows: no per-call kernel launch overhead and no allocation.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -55,23 +56,26 @@ class TorchCudaGraphEngine(Engine):
     kind = "torch-cuda"
 
     def __init__(self, module, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *, max_batch: int = 32,
-                 fp16: bool = True, state_map: Mapping[str, str] | None = None, name: str = "torch-model"):
+                 fp16: bool = True, state_map: Mapping[str, str] | None = None, name: str = "torch-model",
+                 max_graphs: int = 32):
         super().__init__()
         torch = _torch()
         if not torch.cuda.is_available():
             raise EngineError("torch-cuda needs a CUDA GPU and a CUDA build of PyTorch; none found here")
         self.torch = torch
         self.dtype = torch.float16 if fp16 else torch.float32
+        self.precision = "fp16" if fp16 else "fp32"
         self.module = module.eval().to("cuda", dtype=self.dtype)
         self.inputs, self.outputs = list(inputs), list(outputs)
         self.state_map = dict(state_map or {})
         self.max_batch = max_batch
+        self.max_graphs = max_graphs                   # captured graphs kept (batch bucket x item shape)
         self.buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b < max_batch] + [max_batch]
         self.name = name
         self.description = f"{name} via torch CUDA graphs ({'fp16' if fp16 else 'fp32'}), buckets {self.buckets}"
-        self._graphs: dict[int, tuple] = {}
+        self._graphs: OrderedDict[tuple, tuple] = OrderedDict()
 
-    def _capture(self, bucket: int, feeds: Mapping[str, np.ndarray]):
+    def _capture(self, key: tuple, bucket: int, feeds: Mapping[str, np.ndarray]):
         torch = self.torch
         static_in = []
         for s in self.inputs:
@@ -89,7 +93,9 @@ class TorchCudaGraphEngine(Engine):
             outs = self.module(*static_in)
         if not isinstance(outs, (tuple, list)):
             outs = (outs,)
-        self._graphs[bucket] = (graph, static_in, outs)
+        self._graphs[key] = (graph, static_in, outs)
+        while len(self._graphs) > self.max_graphs:            # least recently used shape goes first
+            self._graphs.popitem(last=False)
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self.torch
@@ -97,9 +103,16 @@ class TorchCudaGraphEngine(Engine):
         if n > self.max_batch:
             raise EngineError(f"batch {n} exceeds max_batch {self.max_batch}")
         bucket = next(b for b in self.buckets if b >= n)
-        if bucket not in self._graphs:
-            self._capture(bucket, feeds)
-        graph, static_in, outs = self._graphs[bucket]
+        missing = [s.name for s in self.inputs if s.name not in feeds]
+        if missing:
+            raise EngineError(f"missing inputs {missing}")
+        # A captured graph has fixed shapes: one per batch bucket *and* per item shape (e.g. the number
+        # of frames in a chunk), so a stream that sends a longer chunk gets its own graph.
+        key = (bucket,) + tuple(tuple(feeds[s.name].shape[1:]) for s in self.inputs)
+        if key not in self._graphs:
+            self._capture(key, bucket, feeds)
+        self._graphs.move_to_end(key)
+        graph, static_in, outs = self._graphs[key]
         with torch.inference_mode():
             for s, buf in zip(self.inputs, static_in):
                 src = torch.from_numpy(np.ascontiguousarray(feeds[s.name]))

@@ -1,0 +1,89 @@
+"""Engine guards that matter on GPU machines but can be checked on any: a CUDA engine must not quietly
+run on the CPU, and every engine says what precision it computes in."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from voxserve.engines import onnxrt
+from voxserve.engines.base import PRECISION_RTOL, EngineError
+from voxserve.engines.onnxrt import OrtEngine
+from voxserve.server.stages.vc import model_path
+
+
+def test_cpu_engine_reports_fp32_and_describes_it():
+    eng = OrtEngine(model_path(), "onnxruntime-cpu")
+    assert eng.precision == "fp32" and eng.describe()["precision"] == "fp32"
+    assert set(PRECISION_RTOL) == {"fp32", "tf32", "fp16"}
+
+
+def test_cuda_engine_refuses_a_session_that_fell_back_to_the_cpu(monkeypatch):
+    """ONNX Runtime builds a CPU-only session (and logs a line) when the CUDA provider's libraries fail to
+    load. Simulated here with a test double: the GPU build is "installed" but the session ends up on the
+    CPU provider, as it does on a machine with onnxruntime-gpu and no usable CUDA."""
+    import onnxruntime as ort
+
+    real_session = ort.InferenceSession
+    asked = {}
+
+    def session_on_cpu_only(src, so, providers):
+        asked["providers"] = providers
+        return real_session(src, so, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", session_on_cpu_only)
+    monkeypatch.setattr(onnxrt, "_PRELOADED", True)          # nothing to preload here
+    with pytest.raises(EngineError, match="could not start CUDAExecutionProvider"):
+        OrtEngine(model_path(), "onnxruntime-cuda")
+    # it asked for CUDA (with TF32 allowed by default) and kept the CPU provider as the fallback
+    assert asked["providers"][0] == ("CUDAExecutionProvider", {"use_tf32": 1})
+    assert asked["providers"][-1] == "CPUExecutionProvider"
+
+
+def test_full_precision_request_turns_tf32_off(monkeypatch):
+    import onnxruntime as ort
+
+    real_session = ort.InferenceSession
+    asked = {}
+
+    def record(src, so, providers):
+        asked["providers"] = providers
+        return real_session(src, so, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", record)
+    monkeypatch.setattr(onnxrt, "_PRELOADED", True)
+    with pytest.raises(EngineError):
+        OrtEngine(model_path(), "onnxruntime-cuda", fp16=False)
+    assert asked["providers"][0] == ("CUDAExecutionProvider", {"use_tf32": 0})
+
+
+def test_incremental_embedding_check_scales_its_tolerance_with_precision():
+    """The wakeword start-up self-check: an fp32 engine must match the full window to 1e-3; a TF32 engine
+    may differ by what TF32 does on the embedding's scale (an H200 showed 1.4e-2), not by a real error."""
+    from voxserve.server.stages.wakeword_incremental import IncrementalEmbedding
+
+    class StepDouble:
+        """A step graph whose output is the expected embedding plus a fixed error."""
+
+        def __init__(self, precision, error):
+            from voxserve.engines.base import TensorSpec
+
+            self.precision = precision
+            self.error = error
+            self.inputs = [TensorSpec("mel", (None, 8, 32, 1)), TensorSpec("c0", (None, 4, 3, 2))]
+            self.outputs = [TensorSpec("emb", (None, 1, 1, 96))]
+
+        def infer(self, feeds):
+            b = feeds["mel"].shape[0]
+            return {"emb": np.full((b, 1, 1, 96), 30.0 + self.error, np.float32), "next_c0": feeds["c0"]}
+
+    full = lambda frames: np.full((1, 96), 30.0, np.float32)   # noqa: E731
+    silent = np.zeros(32, np.float32)
+    IncrementalEmbedding(StepDouble("fp32", 5e-4), silent, full)
+    IncrementalEmbedding(StepDouble("tf32", 1.4e-2), silent, full)
+    with pytest.raises(EngineError, match="fp32"):
+        IncrementalEmbedding(StepDouble("fp32", 1.4e-2), silent, full)
+    with pytest.raises(EngineError, match="tf32"):
+        IncrementalEmbedding(StepDouble("tf32", 1.0), silent, full)
