@@ -249,18 +249,19 @@ class RandomVariants:
 
 def voice_pool(rng: random.Random, n: int, *, espeak_voices=ESPEAK_VOICES, variants=ESPEAK_VARIANTS,
                flite_voices=FLITE_VOICES, flite_share: float = 0.25, random_variants: RandomVariants | None = None,
-               random_share: float = 0.0, piper_share: float = 0.0) -> list[Voice]:
+               random_share: float = 0.0, piper_share: float = 0.0,
+               piper_pitch: tuple[float, float] = (-3.0, 8.0)) -> list[Voice]:
     """``n`` random voices: espeak voice x variant with random rate/pitch, and flite voices if present.
     With ``random_variants``, a share ``random_share`` of the espeak voices use one of its generated
     variants instead of a stock one; a share ``piper_share`` of all voices are the Piper voice (when
-    installed) at a random rate, sampling noise, pitch (-3..+8 semitones) and a formant shift that
-    follows the pitch (0.2-0.5 of it). No draws are added when these shares are 0: pools stay as they were."""
+    installed) at a random rate, sampling noise, pitch (uniform in ``piper_pitch`` semitones, default
+    -3..+8) and a formant shift that follows the pitch (0.2-0.5 of it). No draws are added when these shares are 0: pools stay as they were."""
     pool = []
     use_flite = have_flite() and flite_voices
     use_piper = piper_share > 0 and PiperVoice.available()
     for _ in range(n):
         if use_piper and rng.random() < piper_share:
-            semitones = rng.uniform(-3, 8)
+            semitones = rng.uniform(*piper_pitch)
             pool.append(Voice("piper", "joe", rng.uniform(0.8, 1.3), semitones, None,
                               formant=semitones * rng.uniform(0.2, 0.5), noise=rng.uniform(0.3, 0.9)))
             continue

