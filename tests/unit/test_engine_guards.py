@@ -18,14 +18,14 @@ def test_cpu_engine_reports_fp32_and_describes_it():
     assert set(PRECISION_RTOL) == {"fp32", "tf32", "fp16"}
 
 
-def test_cuda_engine_refuses_a_session_that_fell_back_to_the_cpu(monkeypatch):
-    """ONNX Runtime builds a CPU-only session (and logs a line) when the CUDA provider's libraries fail to
-    load. Simulated here with a test double: the GPU build is "installed" but the session ends up on the
-    CPU provider, as it does on a machine with onnxruntime-gpu and no usable CUDA."""
+def gpu_build_whose_sessions_fall_back_to_cpu(monkeypatch) -> dict:
+    """Test double for onnxruntime-gpu on a machine without usable CUDA: the CUDA provider is listed as
+    available, but every session ends up on the CPU provider (as ONNX Runtime does, with a log line, when
+    the provider's libraries fail to load). Returns a dict that records the providers each session asked for."""
     import onnxruntime as ort
 
     real_session = ort.InferenceSession
-    asked = {}
+    asked: dict = {}
 
     def session_on_cpu_only(src, so, providers):
         asked["providers"] = providers
@@ -34,6 +34,11 @@ def test_cuda_engine_refuses_a_session_that_fell_back_to_the_cpu(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", session_on_cpu_only)
     monkeypatch.setattr(onnxrt, "_PRELOADED", True)          # nothing to preload here
+    return asked
+
+
+def test_cuda_engine_refuses_a_session_that_fell_back_to_the_cpu(monkeypatch):
+    asked = gpu_build_whose_sessions_fall_back_to_cpu(monkeypatch)
     with pytest.raises(EngineError, match="could not start CUDAExecutionProvider"):
         OrtEngine(model_path(), "onnxruntime-cuda")
     # it asked for CUDA (with TF32 allowed by default) and kept the CPU provider as the fallback
@@ -42,18 +47,7 @@ def test_cuda_engine_refuses_a_session_that_fell_back_to_the_cpu(monkeypatch):
 
 
 def test_full_precision_request_turns_tf32_off(monkeypatch):
-    import onnxruntime as ort
-
-    real_session = ort.InferenceSession
-    asked = {}
-
-    def record(src, so, providers):
-        asked["providers"] = providers
-        return real_session(src, so, providers=["CPUExecutionProvider"])
-
-    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setattr(ort, "InferenceSession", record)
-    monkeypatch.setattr(onnxrt, "_PRELOADED", True)
+    asked = gpu_build_whose_sessions_fall_back_to_cpu(monkeypatch)
     with pytest.raises(EngineError):
         OrtEngine(model_path(), "onnxruntime-cuda", fp16=False)
     assert asked["providers"][0] == ("CUDAExecutionProvider", {"use_tf32": 0})
