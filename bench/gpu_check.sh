@@ -66,7 +66,13 @@ if ! probe | tee -a "$OUTDIR/providers.txt" | grep -q cuda-probe-ok; then
   probe | tee -a "$OUTDIR/providers.txt"
 fi
 
+new_results() {   # what the benchmarks appended to bench/RESULTS.md since the copy, added to OUTDIR
+  "$PY" -c "import sys; a, b = (open(p).read() for p in sys.argv[1:3]); open(sys.argv[3], 'a').write(b[len(a):])" \
+    "$OUTDIR/.results-before.md" bench/RESULTS.md "$OUTDIR/results-section.md"
+}
+
 status=0
+rm -f "$OUTDIR/results-section.md"
 "$PY" -m pytest -p no:cacheprovider tests/contract -v -rs 2>&1 | tee "$OUTDIR/contract.log"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
@@ -76,8 +82,7 @@ cp bench/RESULTS.md "$OUTDIR/.results-before.md"
   ${MOONSHINE_ENCODER:+--moonshine-encoder "$MOONSHINE_ENCODER"} --json "$OUTDIR/engines.json" \
   > "$OUTDIR/engines.log" 2>&1 || status=1
 tail -n 40 "$OUTDIR/engines.log"
-"$PY" -c "import sys; a, b = (open(p).read() for p in sys.argv[1:3]); open(sys.argv[3], 'w').write(b[len(a):])" \
-  "$OUTDIR/.results-before.md" bench/RESULTS.md "$OUTDIR/results-section.md"
+new_results
 
 if [ -n "${SPEECH:-}" ]; then
   # The server started the way users start it, on the GPU, with the project's own client; then real-time
@@ -126,8 +131,7 @@ PYEOF
   [ -z "${ASR_CPU_STREAMS-16}" ] || "$PY" bench/stage_load.py --pipeline asr --streams ${ASR_CPU_STREAMS-16} \
     --seconds 20 --server-arg=--engine=onnxruntime-cpu --record >> "$OUTDIR/load.log" 2>&1 || status=1
   tail -n 30 "$OUTDIR/load.log"
-  "$PY" -c "import sys; a, b = (open(p).read() for p in sys.argv[1:3]); open(sys.argv[3], 'a').write(b[len(a):])" \
-    "$OUTDIR/.results-before.md" bench/RESULTS.md "$OUTDIR/results-section.md"
+  new_results
 fi
 rm -f "$OUTDIR/.results-before.md"
 exit $status

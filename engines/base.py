@@ -39,6 +39,13 @@ class TensorSpec:
 PRECISION_RTOL = {"fp32": 1e-5, "tf32": 2e-3, "fp16": 1e-2}
 
 
+def precision_atol(precision: str, scale: float) -> float:
+    """Absolute tolerance for comparing an engine of ``precision`` with fp32 on outputs whose largest
+    magnitude is ``scale``: reduced precision errs by about the same amount on small components as on
+    large ones, so the bound follows the output's scale (3x the precision's relative error)."""
+    return 3 * PRECISION_RTOL[precision] * max(1.0, scale)
+
+
 class Engine(abc.ABC):
     kind: str = "abstract"
     #: arithmetic the engine computes in: "fp32" (exact to rounding), "tf32" (CUDA matmuls/convs with

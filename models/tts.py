@@ -255,7 +255,8 @@ def voice_pool(rng: random.Random, n: int, *, espeak_voices=ESPEAK_VOICES, varia
     With ``random_variants``, a share ``random_share`` of the espeak voices use one of its generated
     variants instead of a stock one; a share ``piper_share`` of all voices are the Piper voice (when
     installed) at a random rate, sampling noise, pitch (uniform in ``piper_pitch`` semitones, default
-    -3..+8) and a formant shift that follows the pitch (0.2-0.5 of it). No draws are added when these shares are 0: pools stay as they were."""
+    -3..+8) and a formant shift that follows the pitch (0.2-0.5 of it). No draws are added when these
+    shares are 0: pools stay as they were."""
     pool = []
     use_flite = have_flite() and flite_voices
     use_piper = piper_share > 0 and PiperVoice.available()

@@ -3,8 +3,9 @@
 Data (all generated here, nothing downloaded; seeds fixed):
 - positives: the phrase spoken by random TTS voices (espeak-ng voice x variant x rate x pitch, flite
   voices when installed, and for a share ``piper_voices`` the packaged neural Piper voice at a random rate,
-  sampling noise, pitch (``piper_pitch``, 0 to +10 semitones) and formant shift; with ``random_voices``, espeak-ng variants generated at random);
-  with ``--repitch F`` a share F of the clips also gets a copy with another pitch
+  sampling noise, pitch (``piper_pitch``, 0 to +10 semitones) and formant shift; with ``random_voices``,
+  espeak-ng variants generated at random); with ``--repitch F`` a share F of the clips also gets a copy with
+  another pitch
   and vocal-tract length from the project's own shifter (``models/pitch_shift.py``), as do the near misses
   and a share F/4 of the ordinary-speech streams (so re-pitching is no cue); each clip augmented (reverb,
   noise, gain) and placed at the end of a stream of 2.4 s. Noise is stationary coloured noise or one of the

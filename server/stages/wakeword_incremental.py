@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxserve.engines.base import PRECISION_RTOL, EngineError
+from voxserve.engines.base import EngineError, precision_atol
 
 NEW_FRAMES = 8
 CACHE_ROWS = 2
@@ -126,7 +126,7 @@ class IncrementalEmbedding:
         # fp32 engines agree to 1e-3; TF32/fp16 engines (GPU) to their precision on the embedding's scale
         # (about 30): measured on an H200, TF32 moved single values by up to 1.4e-2.
         precision = getattr(engine, "precision", "fp32")
-        tol = 1e-3 if precision == "fp32" else 3 * PRECISION_RTOL[precision] * max(1.0, float(np.max(np.abs(expect))))
+        tol = 1e-3 if precision == "fp32" else precision_atol(precision, float(np.max(np.abs(expect))))
         if not np.allclose(emb, expect, rtol=0, atol=tol):
             raise EngineError(f"incremental embedding disagrees with the full window on silence "
                               f"(max diff {float(np.max(np.abs(emb - expect))):.2e}, allowed {tol:.1e} "

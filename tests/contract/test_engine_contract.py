@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from voxserve.engines.base import (PRECISION_RTOL, EngineError, TensorSpec, run_items, stack_states,
+from voxserve.engines.base import (EngineError, TensorSpec, precision_atol, run_items, stack_states,
                                    unstack_states)
 from voxserve.engines.factory import create_engine
 from voxserve.server.scheduler import RUN_LATE, SKIP, BatchScheduler, StageFailed
@@ -207,7 +207,7 @@ def test_real_incremental_embedding_streams_like_the_full_window(kind):
         # fp32: the kind's tolerance; TF32/fp16 (GPU): the precision's relative error on the embedding's
         # scale (~30), since small components carry the same absolute error as large ones
         scale = float(np.abs(expect).max())
-        tol = TOL[kind] * 50 if step.precision == "fp32" else 3 * PRECISION_RTOL[step.precision] * scale
+        tol = TOL[kind] * 50 if step.precision == "fp32" else precision_atol(step.precision, scale)
         np.testing.assert_allclose(got[j], expect, atol=tol, rtol=1e-3)
 
 
