@@ -4,7 +4,8 @@
 
 Each user connects, starts a VAD stream (``VOXSERVE_LOCUST_PIPELINES``, default ``vad``), sends the
 speech in 20 ms msgpack ``audio`` messages on a real-time schedule, then ``stop``s and waits for
-``stopped``. Reported to locust's statistics (request type ``WS``):
+``stopped``. A credential comes from ``VOXSERVE_TOKEN`` (API key or JWT, sent as
+``Authorization: Bearer``). Reported to locust's statistics (request type ``WS``):
 - ``vad``/``wakeword``/``transcript`` events: response time = event arrival minus the send time of
   the frame whose arrival produced it (from the event's ``stream_sample``);
 - ``session``: the whole stream, start to normal close; a failure if the server sent a fatal error
@@ -29,6 +30,7 @@ from common import speech_16k  # noqa: E402
 
 FRAME_MS = 20
 FRAME = 16 * FRAME_MS
+TOKEN = os.environ.get("VOXSERVE_TOKEN")
 PIPELINES = [p for p in os.environ.get("VOXSERVE_LOCUST_PIPELINES", "vad").split(",") if p]
 _PCM: bytes | None = None
 
@@ -59,7 +61,9 @@ class VoxStreamUser(User):
         sent_at = [0.0] * (n + 1)
         t_session = time.perf_counter()
         failure: list[Exception] = []
-        with connect(url, subprotocols=["voxserve.v1.msgpack"], compression=None, open_timeout=10) as ws:
+        headers = {"Authorization": f"Bearer {TOKEN}"} if TOKEN else None
+        with connect(url, subprotocols=["voxserve.v1.msgpack"], compression=None, open_timeout=10,
+                     additional_headers=headers) as ws:
             ws.send(msgpack.packb({"type": "start", "sample_rate": 16000, "pipelines": PIPELINES,
                                    "client": "locust"}))
             ready = msgpack.unpackb(ws.recv(timeout=10))

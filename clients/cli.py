@@ -79,6 +79,31 @@ def event_printer(as_json: bool):
     return show
 
 
+def add_connection_args(p: argparse.ArgumentParser) -> None:
+    """Credential and TLS flags shared by ``stream`` and ``mic``."""
+    import os
+
+    p.add_argument("--token", default=os.environ.get("VOXSERVE_TOKEN"),
+                   help="API key or JWT (default: $VOXSERVE_TOKEN); sent as 'Authorization: Bearer'")
+    p.add_argument("--token-via", choices=("header", "subprotocol", "query"), default="header",
+                   help="how the token travels (browsers use the subprotocol)")
+    p.add_argument("--ca-file", help="CA certificate(s) that signed the server's certificate (wss://)")
+    p.add_argument("--cert", help="client certificate (PEM) for servers that require one")
+    p.add_argument("--key", help="private key of --cert")
+
+
+def ssl_context(args: argparse.Namespace):
+    """An SSL context for wss:// from --ca-file/--cert/--key, or None for the system defaults."""
+    if not (args.ca_file or args.cert):
+        return None
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=args.ca_file)
+    if args.cert:
+        ctx.load_cert_chain(args.cert, args.key)
+    return ctx
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
     from .audiofile import load_audio
     from .client import VoxError, stream_source
@@ -109,7 +134,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(stream_source(args.url, source, pipelines=pipelines, options=options, speed=args.speed,
                                            frame_ms=args.frame_ms, subprotocol=args.subprotocol,
-                                           output_sample_rate=args.output_rate, on_event=on_event))
+                                           output_sample_rate=args.output_rate, on_event=on_event,
+                                           token=args.token, token_via=args.token_via, ssl=ssl_context(args)))
     except VoxError as exc:
         if args.json:
             print(json.dumps({"type": "error", **exc.event, "close_code": exc.close_code}), flush=True)
@@ -149,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--raw-rate", type=int, default=16000)
     s.add_argument("--raw-encoding", choices=("s16le", "f32le"), default="s16le")
     s.add_argument("--raw-channels", type=int, default=1)
+    add_connection_args(s)
     m = sub.add_parser("mic", help="stream the microphone (arecord, a capture command, or sounddevice)")
     m.add_argument("--url", default="ws://127.0.0.1:8000/v1/stream")
     m.add_argument("--pipelines", default="vad,wakeword")
@@ -163,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--json", action="store_true")
     m.add_argument("--no-reconnect", action="store_true")
     m.add_argument("--replay-s", type=float, default=10.0, help="audio kept for resending after a drop")
+    add_connection_args(m)
     args = p.parse_args(argv)
     if args.command == "mic":
         from .device import main_mic

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 import websockets
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from voxserve.server.protocol import ClientConnection, Codec, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
 
@@ -27,12 +27,35 @@ from .audiofile import PcmSource
 
 
 class VoxError(Exception):
-    """A fatal error reported by the server, or a refused stream."""
+    """A fatal error reported by the server, or a refused stream (``code`` is the protocol's error code,
+    e.g. ``unauthorized``; ``close_code`` the WebSocket close code or, for a refused handshake, the HTTP
+    status)."""
 
     def __init__(self, event: dict | None, close_code: int | None = None):
         self.event = event or {}
         self.close_code = close_code
         super().__init__(f"{self.event.get('code', 'closed')}: {self.event.get('message', '')} (close {close_code})")
+
+    @property
+    def code(self) -> str | None:
+        return self.event.get("code")
+
+
+def _refusal(exc: InvalidStatus) -> VoxError:
+    """A handshake the server refused with an HTTP status (401, 403, 429, 503) as a typed error."""
+    import json
+
+    status = exc.response.status_code
+    try:
+        event = json.loads(exc.response.body or b"{}")
+        if "error" in event and isinstance(event["error"], dict):
+            event = event["error"]
+    except ValueError:
+        event = {}
+    if not isinstance(event, dict) or "code" not in event:
+        event = {"code": {401: "unauthorized", 403: "forbidden", 429: "too_many_connections"}.get(status, "refused"),
+                 "message": f"HTTP {status} at the handshake"}
+    return VoxError({"type": "error", "fatal": True, **event}, status)
 
 
 class VoxClient:
@@ -40,25 +63,56 @@ class VoxClient:
         self.ws = ws
         self.conn = ClientConnection(codec)
         self.session_id: str | None = None
+        self.resume_token: str = ""
         self.config: dict | None = None
 
     @classmethod
     @asynccontextmanager
     async def connect(cls, url: str, *, subprotocol: str = "msgpack", open_timeout: float = 10.0,
-                      max_size: int | None = 16 * 1024 * 1024) -> AsyncIterator["VoxClient"]:
+                      max_size: int | None = 16 * 1024 * 1024, token: str | None = None,
+                      token_via: str = "header", ssl: Any = None) -> AsyncIterator["VoxClient"]:
+        """Open a stream connection. ``token`` (API key or JWT) travels as ``Authorization: Bearer``
+        (``token_via="header"``, default), as the ``voxserve.auth.<token>`` subprotocol (what browsers do)
+        or as ``?token=`` (``"query"``). A refused handshake raises :class:`VoxError`."""
         name = SUBPROTOCOL_JSON if subprotocol == "json" else SUBPROTOCOL_MSGPACK
-        async with websockets.connect(url, subprotocols=[name], compression=None, open_timeout=open_timeout,
-                                      max_size=max_size) as ws:
+        protocols = [name]
+        headers = None
+        if token:
+            if token_via == "header":
+                headers = {"Authorization": f"Bearer {token}"}
+            elif token_via == "subprotocol":
+                protocols.append("voxserve.auth." + token)
+            elif token_via == "query":
+                from urllib.parse import quote
+
+                url += ("&" if "?" in url else "?") + "token=" + quote(token, safe="")
+            else:
+                raise ValueError("token_via must be header, subprotocol or query")
+        extra = {"ssl": ssl} if ssl is not None else {}
+        try:
+            ws_cm = websockets.connect(url, subprotocols=protocols, compression=None, open_timeout=open_timeout,
+                                       max_size=max_size, additional_headers=headers, **extra)
+            ws = await ws_cm.__aenter__()
+        except InvalidStatus as exc:
+            raise _refusal(exc) from None
+        try:
             yield cls(ws, Codec(ws.subprotocol or SUBPROTOCOL_MSGPACK))
+        except BaseException as exc:
+            if not await ws_cm.__aexit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            await ws_cm.__aexit__(None, None, None)
 
     async def start(self, **kwargs: Any) -> dict:
         """Send ``start`` and wait for ``ready`` (raises :class:`VoxError` on refusal)."""
         await self.ws.send(self.conn.start(**kwargs))
         return await self._reply("ready")
 
-    async def resume(self, session_id: str, last_eid: int) -> dict:
-        """Reattach to a dropped session; returns the ``resumed`` event (raises :class:`VoxError`)."""
-        await self.ws.send(self.conn.control("resume", session_id=session_id, last_eid=last_eid))
+    async def resume(self, session_id: str, last_eid: int, resume_token: str = "") -> dict:
+        """Reattach to a dropped session with the ``resume_token`` its ``ready`` carried; returns the
+        ``resumed`` event (raises :class:`VoxError`)."""
+        await self.ws.send(self.conn.control("resume", session_id=session_id, last_eid=last_eid,
+                                             resume_token=resume_token or self.resume_token))
         return await self._reply("resumed")
 
     async def _reply(self, expected: str) -> dict:
@@ -69,6 +123,7 @@ class VoxClient:
                 raise VoxError(None, self.ws.close_code)
             if ev.get("type") == expected:
                 self.session_id = ev["session_id"]
+                self.resume_token = ev.get("resume_token", self.resume_token)
                 self.config = ev["config"]
                 return ev
             if ev.get("type") == "error":
@@ -142,7 +197,8 @@ async def stream_source(url: str, source: PcmSource, *, pipelines: list[str] | t
                         subprotocol: str = "msgpack", raw_frames: bool = False,
                         output_sample_rate: int | None = None, on_event: Callable[[dict], None] | None = None,
                         client_name: str = "voxserve-client", resume: bool = True, max_reconnects: int = 8,
-                        cut_at: tuple[int, ...] = ()) -> StreamResult:
+                        cut_at: tuple[int, ...] = (), token: str | None = None, token_via: str = "header",
+                        ssl: Any = None) -> StreamResult:
     """Stream ``source`` at ``speed`` x real time (0 = as fast as allowed), then ``stop``; collect events.
 
     Events are read concurrently with sending. With ``resume`` (default), a dropped connection is
@@ -154,20 +210,22 @@ async def stream_source(url: str, source: PcmSource, *, pipelines: list[str] | t
     result = StreamResult()
     frames = list(source.frames(frame_ms))
     cuts = sorted(set(cut_at))
-    state = {"eid": -1, "session": None, "acked": -1}
+    state = {"eid": -1, "session": None, "acked": -1, "resume_token": ""}
     t0 = time.perf_counter()
     backoff = 0.2
     attempts = 0
     while True:
         finished = False
         try:
-            async with VoxClient.connect(url, subprotocol=subprotocol) as client:
+            async with VoxClient.connect(url, subprotocol=subprotocol, token=token, token_via=token_via,
+                                         ssl=ssl) as client:
                 if state["session"] is None:
                     result.ready = await client.start(
                         sample_rate=source.sample_rate, encoding=source.encoding, channels=source.channels,
                         pipelines=list(pipelines), options=options or {}, output_sample_rate=output_sample_rate,
                         client=client_name)
                     state["session"] = result.ready["session_id"]
+                    state["resume_token"] = result.ready.get("resume_token", "")
                     state["eid"] = result.ready.get("eid", -1)
                     if on_event:
                         on_event(result.ready)
@@ -175,7 +233,7 @@ async def stream_source(url: str, source: PcmSource, *, pipelines: list[str] | t
                         raise ValueError("raw frames need binary_frames=pcm (use the json subprotocol)")
                     next_seq = 0
                 else:
-                    resumed = await client.resume(state["session"], state["eid"])
+                    resumed = await client.resume(state["session"], state["eid"], state["resume_token"])
                     result.resumes += 1
                     state["eid"] = max(state["eid"], resumed.get("eid", -1))
                     if on_event:

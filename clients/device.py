@@ -47,6 +47,7 @@ class MicSession:
         self.captured_all = False
         self.new_frame = asyncio.Event()
         self.session_id: str | None = None
+        self.resume_token = ""
         self.last_eid = -1
         self.acked = -1
         self.player = None
@@ -74,15 +75,18 @@ class MicSession:
     async def connection(self) -> int:
         a = self.args
         pipelines = [p for p in a.pipelines.split(",") if p]
-        async with VoxClient.connect(a.url) as client:
+        from .cli import ssl_context
+
+        async with VoxClient.connect(a.url, token=a.token, token_via=a.token_via, ssl=ssl_context(a)) as client:
             if self.session_id is None:
                 ev = await client.start(sample_rate=a.rate, pipelines=pipelines,
                                         options=json.loads(a.options) if a.options else {},
                                         output_sample_rate=a.rate, client="voxserve-client mic")
                 self.session_id, seq = ev["session_id"], 0
+                self.resume_token = ev.get("resume_token", "")
             else:
                 try:
-                    ev = await client.resume(self.session_id, self.last_eid)
+                    ev = await client.resume(self.session_id, self.last_eid, self.resume_token)
                     seq = ev["next_seq"]
                 except VoxError as exc:
                     if exc.event.get("code") != "unknown_session":

@@ -8,6 +8,7 @@ own coroutine, which decides how the stream ends and delivers finals before any 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from pathlib import Path
@@ -21,11 +22,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import __version__
 from .admission import Admission
+from .auth import ANONYMOUS, Authenticator, OriginPolicy, Principal, find_credential, forbidden, parse_origins
 from .metrics import Metrics
 from .outbox import Outbox
 from .protocol import SUBPROTOCOLS, codec_for_subprotocol
 from .protocol.connection import ConnectionLimits, ServerConnection
 from .protocol.errors import Close, ErrorCode, ProtocolError
+from .quotas import AddressGate, AudioRate
 from .protocol.messages import ENCODINGS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, PROTOCOL_VERSION, Ack, AudioIn, Flush, Resume, \
     Start, Stop, Update
 from .session import Session
@@ -50,7 +53,13 @@ class VoxServer:
         for name, st in self.stages.items():
             self.admission.register(name, list(getattr(st, "schedulers", {}).values()))
         self.handlers: set[StreamHandler] = set()
-        self.detached: dict[str, Session] = {}        # dropped streams kept for resume
+        self.detached: dict[str, Session] = {}        # dropped streams kept for resume (oldest first)
+        self.auth = Authenticator(settings.api_key_list, settings.jwt_secret or None,
+                                  Path(settings.jwt_public_key).read_text() if settings.jwt_public_key else None,
+                                  settings.jwt_audience)
+        self.origins = OriginPolicy(parse_origins(settings.allowed_origins))
+        self.gate = AddressGate(settings.max_connections_per_ip, settings.handshakes_per_ip_per_s,
+                                settings.handshake_burst)
         self.ready = False
         self.draining = False
         self.started_at = time.time()
@@ -61,7 +70,11 @@ class VoxServer:
             await stage.start()
         self._housekeeper = asyncio.create_task(self._housekeeping())
         self.ready = True
-        log.info("ready", extra={"pipelines": list(self.schemas), "version": __version__})
+        log.info("ready", extra={"pipelines": list(self.schemas), "version": __version__,
+                                 "auth": "required" if self.auth.required else "off"})
+        if not self.auth.required:
+            log.warning("authentication is off: no --api-key, --jwt-secret or --jwt-public-key configured; "
+                        "every stream runs as 'anonymous'")
 
     async def shutdown(self) -> None:
         await self.drain()
@@ -93,17 +106,34 @@ class VoxServer:
             now = time.monotonic()
             for sid, sess in list(self.detached.items()):
                 if sess.detached_at is not None and now - sess.detached_at > s.resume_grace_s:
-                    self.detached.pop(sid, None)
-                    sess.close()
-                    self.metrics.sessions_total.labels("expired").inc()
-                    log.info("detached stream expired", extra={"session": sid})
+                    self.expire_detached(sid, "grace period over")
             for h in list(self.handlers):
-                if now - h.last_input > s.idle_timeout_s:
+                longest = min(s.max_session_s, h.principal.max_stream_s or s.max_session_s)
+                if h.session is None and now - h.opened > s.start_timeout_s:
+                    h.terminate(ProtocolError(ErrorCode.START_TIMEOUT,
+                                              f"no start or resume within {s.start_timeout_s:g} s; closing"))
+                elif now - h.last_input > s.idle_timeout_s:
                     h.terminate(ProtocolError(ErrorCode.IDLE_TIMEOUT,
                                               f"no message for {s.idle_timeout_s:g} s; closing"))
-                elif now - h.opened > s.max_session_s:
+                elif now - h.opened > longest:
                     h.terminate(ProtocolError(ErrorCode.SESSION_TOO_LONG,
-                                              f"stream reached the maximum length of {s.max_session_s:g} s"))
+                                              f"stream reached the maximum length of {longest:g} s"))
+            self.gate.forget_idle(now)
+
+    def expire_detached(self, sid: str, why: str) -> None:
+        sess = self.detached.pop(sid, None)
+        if sess is not None:
+            sess.close()
+            self.metrics.sessions_total.labels("expired").inc()
+            log.info("detached stream expired", extra={"session": short_id(sid), "why": why})
+
+    def session_count(self, principal: str | None = None) -> int:
+        """Streams holding a session (started, or detached awaiting resume); sockets that have not
+        started yet do not count."""
+        live = sum(1 for h in self.handlers if h.session is not None and not h._detached
+                   and (principal is None or h.principal.name == principal))
+        kept = sum(1 for sess in self.detached.values() if principal is None or sess.principal == principal)
+        return live + kept
 
     def info(self) -> dict:
         s = self.settings
@@ -143,7 +173,13 @@ class StreamHandler:
         self.ws = ws
         offered = ws.scope.get("subprotocols") or []
         self.codec = codec_for_subprotocol(offered)
+        # Echo only a real protocol name, never the voxserve.auth.<token> entry.
         self.subprotocol = self.codec.subprotocol if self.codec.subprotocol in offered else None
+        self.principal: Principal = ANONYMOUS
+        client = ws.scope.get("client")
+        self.address = client[0] if client else "?"
+        s0 = server.settings
+        self.rate = AudioRate(s0.max_audio_rate, s0.audio_burst_s)
         s = server.settings
         self.conn = ServerConnection(self.codec, server.schemas,
                                      ConnectionLimits(s.max_message_bytes, s.max_frames_per_second, s.frame_burst))
@@ -163,16 +199,63 @@ class StreamHandler:
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def run(self) -> None:
+        refusal = self._handshake_refusal()
+        if refusal is not None:
+            await self._refuse(refusal)
+            return
+        why = self.server.gate.admit(self.address, time.monotonic())
+        if why is not None:
+            await self._refuse(ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, why + "; retry later"))
+            return
+        try:
+            await self._run_accepted()
+        finally:
+            self.server.gate.release(self.address)
+
+    def _handshake_refusal(self) -> ProtocolError | None:
+        """Checks made before the socket is accepted: Origin, credential, server state. Sets the principal."""
+        srv, ws = self.server, self.ws
+        origin = ws.headers.get("origin")
+        if not srv.origins.permits(origin, ws.headers.get("host"), ws.url.scheme):
+            return forbidden(f"web origin {origin!r} is not allowed to open streams (--allowed-origins)")
+        try:
+            self.principal = srv.auth.authenticate(
+                find_credential(ws.headers, ws.scope.get("subprotocols") or [], ws.query_params))
+        except ProtocolError as err:
+            return err
+        if srv.draining or not srv.ready:
+            return ProtocolError(ErrorCode.SHUTTING_DOWN if srv.draining else ErrorCode.SERVER_BUSY,
+                                 "server is shutting down" if srv.draining else "server is still loading models")
+        return None
+
+    async def _refuse(self, err: ProtocolError) -> None:
+        """No session for this socket. A browser (it sent Origin) cannot read an HTTP status, so it gets a
+        typed error and the close code; other clients get the HTTP status at the handshake."""
+        m = self.server.metrics
+        m.sessions_total.labels("refused").inc()
+        m.errors.labels(err.code.value).inc()
+        log.info("stream refused", extra={"code": err.code.value, "address": self.address,
+                                          "principal": self.principal.name})
+        status = {ErrorCode.UNAUTHORIZED: 401, ErrorCode.FORBIDDEN: 403,
+                  ErrorCode.TOO_MANY_CONNECTIONS: 429}.get(err.code, 503)
+        denial = "websocket.http.response" in (self.ws.scope.get("extensions") or {})
+        try:
+            if denial and not self.ws.headers.get("origin"):
+                headers = {"www-authenticate": 'Bearer realm="voxserve"'} if status == 401 else None
+                await self.ws.send_denial_response(JSONResponse(err.to_event(), status_code=status,
+                                                                headers=headers))
+            else:
+                await self.ws.accept(subprotocol=self.subprotocol)
+                await self._send_now(err.to_event())
+                await self._close(err.code.close_code, err.code.value)
+        except Exception:                       # the client went away meanwhile
+            pass
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def _run_accepted(self) -> None:
         m = self.server.metrics
         await self.ws.accept(subprotocol=self.subprotocol)
-        refusal = self._refusal()
-        if refusal is not None:
-            m.sessions_total.labels("refused").inc()
-            m.errors.labels(refusal.code.value).inc()
-            await self._send_now(refusal.to_event())
-            await self._close(refusal.code.close_code, refusal.code.value)
-            self.done.set_result(None)
-            return
         self.server.handlers.add(self)
         m.sessions_active.inc()
         writer = asyncio.create_task(self._writer())
@@ -194,14 +277,16 @@ class StreamHandler:
             if not self.done.done():
                 self.done.set_result(None)
 
-    def _refusal(self) -> ProtocolError | None:
+    def _capacity_refusal(self) -> ProtocolError | None:
+        """Limits checked when a stream asks for a session (start or resume)."""
         srv = self.server
-        if srv.draining or not srv.ready:
-            return ProtocolError(ErrorCode.SHUTTING_DOWN if srv.draining else ErrorCode.SERVER_BUSY,
-                                 "server is shutting down" if srv.draining else "server is still loading models")
-        if len(srv.handlers) >= srv.settings.max_sessions:
+        if srv.session_count() >= srv.settings.max_sessions:
             return ProtocolError(ErrorCode.SERVER_BUSY,
                                  f"server is at its limit of {srv.settings.max_sessions} streams; retry later")
+        cap = self.principal.max_streams
+        if cap is not None and srv.session_count(self.principal.name) >= cap:
+            return ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS,
+                                 f"this credential may hold {cap} streams at once; close one first")
         return None
 
     def terminate(self, err: ProtocolError) -> None:
@@ -216,8 +301,11 @@ class StreamHandler:
         if self._client_gone:
             m.sessions_total.labels("disconnected").inc()
             grace = self.server.settings.resume_grace_s
-            if self.session is not None and grace > 0 and not self._stopped:
-                # Keep the stream (state, retained events, stages finishing their work) for a resume.
+            if self.session is not None and grace > 0 and not self._stopped and self.server.settings.max_detached:
+                # Keep the stream (state, retained events, stages finishing their work) for a resume;
+                # past the cap the oldest kept stream expires first.
+                while len(self.server.detached) >= self.server.settings.max_detached:
+                    self.server.expire_detached(next(iter(self.server.detached)), "too many detached streams")
                 self.session.detach(time.monotonic())
                 self.server.detached[self.session.id] = self.session
                 self._detached = True
@@ -291,8 +379,13 @@ class StreamHandler:
         for ev in events:
             if isinstance(ev, AudioIn):
                 m.frames.inc()
-                m.audio_seconds.inc(ev.samples.shape[0] / self.conn.config.audio.sample_rate)
+                audio_s = ev.samples.shape[0] / self.conn.config.audio.sample_rate
+                m.audio_seconds.inc(audio_s)
                 self.session.on_audio(ev)
+                wait = self.rate.wait_for(audio_s, time.monotonic())
+                if wait > 0:                  # faster than the audio-rate quota: stop reading (TCP pushes back)
+                    m.paced_seconds.inc(wait)
+                    await asyncio.sleep(wait)
             elif isinstance(ev, ProtocolError):
                 m.errors.labels(ev.code.value).inc()
                 if ev.fatal:
@@ -300,10 +393,11 @@ class StreamHandler:
                     return False
                 self._queue_error(ev)
             elif isinstance(ev, Start):
-                if not self._open_session():
+                if not self._open_session(ev):
                     return False
             elif isinstance(ev, Resume):
-                self._resume(ev)
+                if not self._resume(ev):
+                    return False
             elif isinstance(ev, Ack):
                 self.session.ack(ev.eid)
             elif isinstance(ev, Update):
@@ -317,26 +411,35 @@ class StreamHandler:
                 return False
         return True
 
-    def _resume(self, ev: Resume) -> None:
+    def _resume(self, ev: Resume) -> bool:
         """Reattach a dropped stream: the client learns where to resume its audio (``next_seq``) and
         receives every retained event after ``last_eid`` again (finals are never lost or doubled:
-        clients drop events whose ``eid`` they already have)."""
+        clients drop events whose ``eid`` they already have). Only the principal that started the
+        stream, holding its ``resume_token`` from ``ready``, may resume it. False when the stream must end."""
         srv = self.server
-        session = srv.detached.pop(ev.session_id, None)
+        session = srv.detached.get(ev.session_id)
         if session is None:
-            err = ProtocolError(ErrorCode.UNKNOWN_SESSION, f"no resumable stream {ev.session_id!r} (expired after "
-                                                           f"{srv.settings.resume_grace_s:g} s, or never existed); "
-                                                           "send start for a new one")
+            err = ProtocolError(ErrorCode.UNKNOWN_SESSION, f"no resumable stream {short_id(ev.session_id)}... "
+                                                           f"(expired after {srv.settings.resume_grace_s:g} s, or "
+                                                           "never existed); send start for a new one")
             srv.metrics.errors.labels(err.code.value).inc()
             self._queue_error(err)
-            return
+            return True
+        if session.principal != self.principal.name or not hmac.compare_digest(
+                session.resume_token.encode(), ev.resume_token.encode()):
+            log.warning("resume refused: wrong principal or resume token",
+                        extra={"session": short_id(session.id), "principal": self.principal.name})
+            self._end = forbidden("this stream belongs to another credential, or the resume_token is wrong")
+            return False
+        del srv.detached[ev.session_id]
         self.session = session
         self.conn = session.conn
         self.conn.adopt(self.codec)
         replay = session.attach(self._wake.set, self._overflow, ev.last_eid)
         cfg = self.conn.config
         srv.admission.streams[self] = tuple(cfg.pipelines)
-        self._log_extra = {"session": session.id, "client": cfg.client or "", "pipelines": list(cfg.pipelines)}
+        self._log_extra = {"session": short_id(session.id), "principal": self.principal.name,
+                           "client": cfg.client or "", "pipelines": list(cfg.pipelines)}
         srv.metrics.sessions_total.labels("resumed").inc()
         log.info("stream resumed", extra={**self._log_extra, "replayed": len(replay), "next_seq": self.conn.next_seq})
         self._queue({"type": "resumed", "session_id": session.id, "next_seq": self.conn.next_seq,
@@ -345,15 +448,23 @@ class StreamHandler:
         for old in replay:
             session.outbox.put(old, False)
         self._wake.set()
+        return True
 
-    def _open_session(self) -> bool:
+    def _open_session(self, start: Start) -> bool:
         srv = self.server
         cfg = self.conn.config
-        refusal = srv.admission.admit(self, cfg)
+        denied = [p for p in start.pipelines if not self.principal.allows(p)]
+        if denied:
+            self._end = forbidden(f"this credential may not use pipeline(s) {denied} "
+                                  f"(allowed: {sorted(self.principal.pipelines or ())})")
+            return False
+        refusal = self._capacity_refusal() or srv.admission.admit(self, cfg)
         if refusal is not None:
             self._end = refusal
             return False
         s = srv.settings
+        if self.principal.audio_rate is not None:
+            self.rate = AudioRate(self.principal.audio_rate, s.audio_burst_s)
         try:
             self.session = Session(cfg, srv.stages, srv.metrics, ring_seconds=s.ring_seconds,
                                    outbox_soft=s.outbox_soft, outbox_hard=s.outbox_hard, notify=self._wake.set,
@@ -365,10 +476,13 @@ class StreamHandler:
             self._queue_error(err)
             return True
         self.session.conn = self.conn
-        self._log_extra = {"session": self.session.id, "client": cfg.client or "", "pipelines": list(cfg.pipelines)}
+        self.session.principal = self.principal.name
+        self._log_extra = {"session": short_id(self.session.id), "principal": self.principal.name,
+                           "client": cfg.client or "", "pipelines": list(cfg.pipelines)}
         srv.metrics.sessions_total.labels("opened").inc()
         log.info("stream started", extra={**self._log_extra, "rate": cfg.audio.sample_rate})
-        self._queue({"type": "ready", "session_id": self.session.id, "protocol_version": PROTOCOL_VERSION,
+        self._queue({"type": "ready", "session_id": self.session.id, "resume_token": self.session.resume_token,
+                     "principal": self.principal.name, "protocol_version": PROTOCOL_VERSION,
                      "subprotocol": self.codec.subprotocol, "config": cfg.to_wire()})
         return True
 
@@ -429,18 +543,80 @@ class StreamHandler:
             pass
 
 
+def short_id(session_id: str) -> str:
+    """The part of a session id that logs and errors show (a full id is a resume handle)."""
+    return session_id[:8]
+
+
 async def stream_endpoint(ws: WebSocket) -> None:
     server: VoxServer = ws.app.state.vox
     handler = StreamHandler(server, ws)
     await handler.run()
 
 
+def http_error(err: ProtocolError, status: int) -> JSONResponse:
+    headers = {"www-authenticate": 'Bearer realm="voxserve"'} if status == 401 else None
+    return JSONResponse({"error": err.to_event()}, status_code=status, headers=headers)
+
+
 def create_app(settings: Settings | None = None, stages: dict[str, Stage] | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     vox = VoxServer(settings, stages)
 
+    def principal_of(request: Request) -> Principal:
+        """The request's principal (raises a typed ``unauthorized``)."""
+        return vox.auth.authenticate(find_credential(request.headers, (), request.query_params))
+
+    def guarded(endpoint):
+        """``--protect-metrics``: the endpoint needs a credential like a stream does."""
+        async def wrapper(request: Request) -> Response:
+            if settings.protect_metrics:
+                try:
+                    principal_of(request)
+                except ProtocolError as err:
+                    return http_error(err, 401)
+            return await endpoint(request)
+        return wrapper
+
+    @guarded
     async def info(request: Request) -> Response:
         return JSONResponse(vox.info())
+
+    async def tokens(request: Request) -> Response:
+        """``POST /v1/tokens`` (API key required): a short-lived JWT for a browser page.
+        Body (JSON, optional): ``ttl_s`` (<= --token-max-ttl-s), ``pipelines`` (a subset)."""
+        from .auth import unauthorized
+
+        cred = find_credential(request.headers, (), {})
+        if vox.auth.required:
+            owner = vox.auth.api_key_principal(cred.token) if cred else None
+            if owner is None:
+                return http_error(unauthorized("POST /v1/tokens needs an API key as 'Authorization: Bearer KEY'"),
+                                  401)
+        else:
+            owner = ANONYMOUS
+        try:
+            body = await request.json() if (await request.body()).strip() else {}
+        except (ValueError, RecursionError):
+            body = None
+        bad = None
+        if not isinstance(body, dict) or set(body) - {"ttl_s", "pipelines"}:
+            bad = "body must be a JSON object with optional ttl_s and pipelines"
+        else:
+            ttl = body.get("ttl_s", settings.token_ttl_s)
+            pipes = body.get("pipelines")
+            if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 1 <= ttl <= settings.token_max_ttl_s:
+                bad = f"ttl_s must be a number of seconds in [1, {settings.token_max_ttl_s:g}]"
+            elif pipes is not None and (not isinstance(pipes, list) or not all(
+                    isinstance(p, str) and p in vox.schemas for p in pipes)):
+                bad = f"pipelines must be a list of loaded pipelines ({sorted(vox.schemas)})"
+        if bad:
+            return http_error(ProtocolError(ErrorCode.BAD_VALUE, bad), 400)
+        token = vox.auth.mint(owner, float(ttl), pipes)
+        log.info("token minted", extra={"principal": owner.name, "ttl_s": ttl, "pipelines": pipes})
+        return JSONResponse({"token": token, "token_type": "Bearer", "expires_in": int(ttl),
+                             "subprotocol": "voxserve.auth." + token},
+                            headers={"cache-control": "no-store"})
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive", "uptime_s": round(time.time() - vox.started_at, 1)})
@@ -450,12 +626,14 @@ def create_app(settings: Settings | None = None, stages: dict[str, Stage] | None
             return JSONResponse({"status": "ready", "pipelines": list(vox.schemas)})
         return JSONResponse({"status": "draining" if vox.draining else "loading"}, status_code=503)
 
+    @guarded
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(vox.metrics.render(), media_type="text/plain; version=0.0.4")
 
     routes = [
         WebSocketRoute("/v1/stream", stream_endpoint),
         Route("/v1/info", info),
+        Route("/v1/tokens", tokens, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
@@ -473,6 +651,16 @@ def create_app(settings: Settings | None = None, stages: dict[str, Stage] | None
         finally:
             await vox.shutdown()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
+
+    from .auth import LOCAL_ORIGIN
+
+    allowed = vox.origins.allowed
+    cors = dict(allow_origins=["*"]) if "*" in allowed else (
+        dict(allow_origins=list(allowed)) if allowed else dict(allow_origin_regex=LOCAL_ORIGIN.pattern))
+    middleware = [Middleware(CORSMiddleware, allow_methods=["GET", "POST"],
+                             allow_headers=["authorization", "content-type"], max_age=600, **cors)]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.vox = vox
     return app

@@ -15,8 +15,15 @@ log = logging.getLogger("voxserve")
 
 
 def uvicorn_config(app, settings: Settings):
+    import ssl
+
     import uvicorn
 
+    tls = {}
+    if settings.tls:
+        tls = {"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile}
+        if settings.ssl_ca_certs:            # mutual TLS: devices present a certificate signed by this CA
+            tls.update(ssl_ca_certs=settings.ssl_ca_certs, ssl_cert_reqs=ssl.CERT_REQUIRED)
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -25,7 +32,7 @@ def uvicorn_config(app, settings: Settings):
         http="httptools",
         ws="websockets-sansio",
         ws_per_message_deflate=False,      # PCM does not compress; deflate only costs CPU
-        ws_max_size=max(16 * 1024 * 1024, settings.max_message_bytes * 4),
+        ws_max_size=settings.max_message_bytes,   # the transport refuses bigger messages (close 1009)
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         lifespan="on",
@@ -33,6 +40,7 @@ def uvicorn_config(app, settings: Settings):
         access_log=False,
         timeout_graceful_shutdown=settings.drain_timeout_s + 2.0,
         backlog=4096,
+        **tls,
     )
 
 
@@ -57,13 +65,20 @@ def make_server(settings: Settings):
 def serve(settings: Settings) -> int:
     from .logs import configure
 
-    configure(settings.log_level, settings.log_format)
+    configure(settings.log_level, settings.log_format, secrets=(*settings.api_key_list, settings.jwt_secret))
+    problem = settings.exposure_problem()
+    if problem:
+        print(f"voxserve: {problem}", file=sys.stderr)
+        return 2
     server, _ = make_server(settings)
-    url = f"http://{settings.host}:{settings.port}"
-    log.info("starting", extra={"url": url, "ws": f"ws://{settings.host}:{settings.port}/v1/stream",
-                                "pipelines": settings.pipeline_list})
-    print(f"voxserve listening on {url}  (browser client: {url}/ , stream: ws://{settings.host}:{settings.port}"
-          f"/v1/stream)\ntry: voxserve-client stream speech.wav --url ws://{settings.host}:{settings.port}/v1/stream "
+    web, ws = ("https", "wss") if settings.tls else ("http", "ws")
+    url = f"{web}://{settings.host}:{settings.port}"
+    stream_url = f"{ws}://{settings.host}:{settings.port}/v1/stream"
+    log.info("starting", extra={"url": url, "ws": stream_url, "pipelines": settings.pipeline_list,
+                                "auth": "required" if settings.has_credentials else "off", "tls": settings.tls})
+    token_hint = " --token $VOXSERVE_TOKEN" if settings.has_credentials else ""
+    print(f"voxserve listening on {url}  (browser client: {url}/ , stream: {stream_url})\n"
+          f"try: voxserve-client stream speech.wav --url {stream_url}{token_hint} "
           f"--pipelines {','.join(settings.pipeline_list)}", file=sys.stderr, flush=True)
     try:
         server.run()

@@ -9,6 +9,7 @@ Nothing here touches the socket; the app drains the outbox.
 
 from __future__ import annotations
 
+import secrets
 import time
 import uuid
 from collections import deque
@@ -41,6 +42,8 @@ class Session:
                  on_overflow: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.perf_counter, session_id: str | None = None):
         self.id = session_id or uuid.uuid4().hex
+        self.principal = "anonymous"           # set by the server: who may resume this stream
+        self.resume_token = secrets.token_urlsafe(24)
         self.config = config
         self.metrics = metrics
         self.clock = clock

@@ -40,6 +40,39 @@ class Settings:
     engine_delay_ms: float = field(default=0.0, metadata={"doc": "testing aid: add this much time to every "
                                                                  "engine batch (simulates an overloaded engine)"})
     admission: bool = field(default=True, metadata={"doc": "refuse streams when measured capacity is exhausted"})
+    # -- security (see server/auth.py) ------------------------------------------------------------------
+    api_keys: str = field(default="", repr=False, metadata={
+        "doc": "API keys accepted as credentials (repeat --api-key; VOXSERVE_API_KEYS is a comma list)",
+        "flag": "--api-key", "append": True, "secret": True})
+    jwt_secret: str = field(default="", repr=False, metadata={"doc": "HS256 secret for JWTs (also signs "
+                                                                     "/v1/tokens)", "secret": True})
+    jwt_public_key: str = field(default="", metadata={"doc": "PEM file of the RS256/ES256 public key for JWTs"})
+    jwt_audience: str = field(default="voxserve", metadata={"doc": "required JWT audience (aud)"})
+    insecure_no_auth: bool = field(default=False, metadata={"doc": "allow a non-loopback host without any "
+                                                                   "credential configured"})
+    protect_metrics: bool = field(default=False, metadata={"doc": "/metrics and /v1/info need a credential"})
+    allowed_origins: str = field(default="", metadata={"doc": "web origins allowed to open streams and call the "
+                                                              "API (comma list, * = any); default: the server's "
+                                                              "own origin and localhost pages"})
+    token_ttl_s: float = field(default=60.0, metadata={"doc": "lifetime of tokens minted by POST /v1/tokens"})
+    token_max_ttl_s: float = field(default=3600.0, metadata={"doc": "longest ttl_s a /v1/tokens request may ask"})
+    ssl_certfile: str = field(default="", metadata={"doc": "TLS certificate (PEM): serve https/wss"})
+    ssl_keyfile: str = field(default="", metadata={"doc": "TLS private key (PEM)"})
+    ssl_ca_certs: str = field(default="", metadata={"doc": "CA bundle: require client certificates signed by it"})
+    # -- quotas ---------------------------------------------------------------------------------------
+    max_audio_rate: float = field(default=4.0, metadata={"doc": "seconds of audio accepted per wall-clock second "
+                                                                "per stream (a JWT audio_rate claim overrides); "
+                                                                "faster input is paced, not dropped"})
+    audio_burst_s: float = field(default=30.0, metadata={"doc": "seconds of audio a stream may send ahead of "
+                                                                "max_audio_rate"})
+    max_connections_per_ip: int = field(default=256, metadata={"doc": "open WebSockets per client address"})
+    handshakes_per_ip_per_s: float = field(default=50.0, metadata={"doc": "new WebSockets per second per client "
+                                                                          "address"})
+    handshake_burst: int = field(default=200, metadata={"doc": "new WebSockets per client address in a burst"})
+    start_timeout_s: float = field(default=10.0, metadata={"doc": "a socket that sends no start/resume within "
+                                                                  "this is closed (start_timeout)"})
+    max_detached: int = field(default=100, metadata={"doc": "dropped streams kept for resume (the oldest "
+                                                            "expires first)"})
     log_level: str = field(default="info", metadata={"doc": "debug, info, warning, error"})
     log_format: str = field(default="json", metadata={"doc": "json (structured) or text"})
 
@@ -48,14 +81,24 @@ class Settings:
         if not (0 <= self.port <= 65535):
             problems.append(f"port {self.port} outside 0..65535")
         for name in ("max_sessions", "max_message_bytes", "frame_burst", "outbox_soft", "outbox_hard", "max_batch",
-                     "intra_op_threads"):
+                     "intra_op_threads", "max_connections_per_ip", "handshake_burst"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
-        for name in ("max_frames_per_second", "idle_timeout_s", "max_session_s", "ring_seconds"):
+        for name in ("max_frames_per_second", "idle_timeout_s", "max_session_s", "ring_seconds", "token_ttl_s",
+                     "token_max_ttl_s", "max_audio_rate", "audio_burst_s", "handshakes_per_ip_per_s",
+                     "start_timeout_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")
         if self.max_wait_ms < 0 or self.drain_timeout_s < 0 or self.resume_grace_s < 0:
             problems.append("max_wait_ms and drain_timeout_s must be >= 0")
+        if self.max_detached < 0:
+            problems.append("max_detached must be >= 0")
+        if self.token_ttl_s > self.token_max_ttl_s:
+            problems.append("token_ttl_s must be <= token_max_ttl_s")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            problems.append("ssl_certfile and ssl_keyfile go together")
+        if self.ssl_ca_certs and not self.ssl_certfile:
+            problems.append("ssl_ca_certs needs ssl_certfile and ssl_keyfile")
         if self.outbox_hard < self.outbox_soft:
             problems.append("outbox_hard must be >= outbox_soft")
         if self.log_format not in ("json", "text"):
@@ -72,6 +115,29 @@ class Settings:
         return self.engine_delay_ms / 1000.0
 
     @property
+    def api_key_list(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.api_key_list or self.jwt_secret or self.jwt_public_key)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.ssl_certfile)
+
+    def exposure_problem(self) -> str | None:
+        """Why this configuration must not start: a host beyond loopback with no credential configured
+        (unless ``insecure_no_auth``). None when it may."""
+        from .auth import is_loopback
+
+        if is_loopback(self.host) or self.has_credentials or self.insecure_no_auth:
+            return None
+        return (f"refusing to listen on {self.host} without a credential: anyone who can reach it could stream. "
+                "Configure --api-key KEY (or VOXSERVE_API_KEYS), --jwt-secret or --jwt-public-key; or pass "
+                "--insecure-no-auth on a trusted network")
+
+    @property
     def pipeline_list(self) -> list[str]:
         return [p.strip() for p in self.pipelines.split(",") if p.strip()]
 
@@ -83,15 +149,21 @@ class Settings:
             raw = env.get("VOXSERVE_" + f.name.upper())
             if raw is not None:
                 values[f.name] = _parse(f, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        for k, v in overrides.items():
+            if v is None:
+                continue
+            values[k] = ",".join(v) if isinstance(v, list) else v
         return cls(**values)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         for f in fields(cls):
-            flag = "--" + f.name.replace("_", "-")
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
             kind = _kind(f)
-            if kind is bool:
+            if f.metadata.get("append"):
+                parser.add_argument(flag, dest=f.name, default=None, action="append",
+                                    help=f"{f.metadata.get('doc', '')} (env VOXSERVE_{f.name.upper()})")
+            elif kind is bool:
                 parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
                                     help=f"{f.metadata.get('doc', '')} (env VOXSERVE_{f.name.upper()})")
             else:
@@ -100,7 +172,7 @@ class Settings:
                                          f"(env VOXSERVE_{f.name.upper()})")
 
     def describe(self) -> list[dict]:
-        return [{"flag": "--" + f.name.replace("_", "-"), "env": "VOXSERVE_" + f.name.upper(),
+        return [{"flag": f.metadata.get("flag") or "--" + f.name.replace("_", "-"), "env": "VOXSERVE_" + f.name.upper(),
                  "default": f.default, "doc": f.metadata.get("doc", "")} for f in fields(self)]
 
     def replace(self, **changes: Any) -> "Settings":

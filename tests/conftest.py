@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -70,20 +71,43 @@ def voxserve_exe() -> list[str]:
 
 
 class RunningServer:
-    def __init__(self, port: int, proc: subprocess.Popen, log_path: Path):
+    """A ``voxserve serve`` process. ``ssl_context`` (a client context trusting the server's CA) makes
+    the URLs https/wss."""
+
+    def __init__(self, port: int, proc: subprocess.Popen, log_path: Path, ssl_context=None):
         self.port = port
         self.proc = proc
         self.log_path = log_path
-        self.url = f"ws://127.0.0.1:{port}/v1/stream"
-        self.http = f"http://127.0.0.1:{port}"
+        self.ssl_context = ssl_context
+        ws, web = ("wss", "https") if ssl_context else ("ws", "http")
+        self.url = f"{ws}://127.0.0.1:{port}/v1/stream"
+        self.http = f"{web}://127.0.0.1:{port}"
 
-    def get_json(self, path: str) -> dict:
-        with urllib.request.urlopen(self.http + path, timeout=10) as r:
-            return json.loads(r.read())
+    def request(self, path: str, *, token: str | None = None, data: bytes | None = None,
+                headers: dict | None = None):
+        """(status, body bytes, headers) of an HTTP request; HTTP errors are returned, not raised."""
+        hdrs = dict(headers or {})
+        if token:
+            hdrs["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.http + path, data=data, headers=hdrs, method="POST" if data is not None
+                                     else "GET")
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=self.ssl_context) as r:
+                return r.status, r.read(), dict(r.headers)
+        except urllib.error.HTTPError as err:
+            return err.code, err.read(), dict(err.headers)
 
-    def get_text(self, path: str) -> str:
-        with urllib.request.urlopen(self.http + path, timeout=10) as r:
-            return r.read().decode()
+    def get_json(self, path: str, token: str | None = None) -> dict:
+        status, body, _ = self.request(path, token=token)
+        if status != 200:
+            raise RuntimeError(f"GET {path}: HTTP {status} {body[:200]!r}")
+        return json.loads(body)
+
+    def get_text(self, path: str, token: str | None = None) -> str:
+        status, body, _ = self.request(path, token=token)
+        if status != 200:
+            raise RuntimeError(f"GET {path}: HTTP {status}")
+        return body.decode()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -99,14 +123,15 @@ class RunningServer:
         return self.proc.returncode
 
 
-def start_server(tmp_path: Path, *args: str, env: dict | None = None, ready_timeout: float = 120.0) -> RunningServer:
+def start_server(tmp_path: Path, *args: str, env: dict | None = None, ready_timeout: float = 120.0,
+                 ssl_context=None) -> RunningServer:
     port = free_port()
     log_path = tmp_path / f"server-{port}.log"
     fh = open(log_path, "w")
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.Popen(voxserve_exe() + ["serve", "--port", str(port), *args], stdout=fh, stderr=subprocess.STDOUT,
                             env=full_env)
-    srv = RunningServer(port, proc, log_path)
+    srv = RunningServer(port, proc, log_path, ssl_context)
     deadline = time.time() + ready_timeout
     while time.time() < deadline:
         if proc.poll() is not None:

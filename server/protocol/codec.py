@@ -54,6 +54,8 @@ class Codec:
             obj = json.loads(text)
         except ValueError as exc:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"text frame is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "text frame nests too deeply") from None
         if not isinstance(obj, dict):
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "a message must be a JSON object")
         for k in _BYTES_FIELDS:
@@ -69,6 +71,8 @@ class Codec:
         """Decode a msgpack control message carried in a binary frame."""
         try:
             obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        except RecursionError:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "binary control frame nests too deeply") from None
         except Exception as exc:  # msgpack raises several unrelated types
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"binary control frame is not valid msgpack: {exc}") from None
         if not isinstance(obj, dict):

@@ -24,6 +24,8 @@ class Close(enum.IntEnum):
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
+    UNAUTHORIZED = 4401                 # application range (4000-4999): HTTP 401 / 403 as close codes
+    FORBIDDEN = 4403
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,10 @@ class ErrorCode(str, enum.Enum):
     UNKNOWN_SESSION = "unknown_session"      # resume of a session the server does not hold
     SHUTTING_DOWN = "shutting_down"
     STAGE_FAILED = "stage_failed"            # an engine call failed for this stream (non-fatal)
+    UNAUTHORIZED = "unauthorized"            # no credential, or an invalid/expired one
+    FORBIDDEN = "forbidden"                  # valid credential, but not for this (origin, pipeline, session)
+    START_TIMEOUT = "start_timeout"          # a socket that sent no start/resume in time
+    TOO_MANY_CONNECTIONS = "too_many_connections"  # per-address or per-principal connection/handshake limits
     INTERNAL = "internal"
 
     @property
@@ -94,6 +100,10 @@ _SPECS: dict[ErrorCode, _Spec] = {
     ErrorCode.UNKNOWN_SESSION: _Spec(Close.POLICY_VIOLATION, False, "client"),
     ErrorCode.SHUTTING_DOWN: _Spec(Close.SERVICE_RESTART, True, "server"),
     ErrorCode.STAGE_FAILED: _Spec(Close.INTERNAL_ERROR, False, "server"),
+    ErrorCode.UNAUTHORIZED: _Spec(Close.UNAUTHORIZED, True, "client"),
+    ErrorCode.FORBIDDEN: _Spec(Close.FORBIDDEN, True, "client"),
+    ErrorCode.START_TIMEOUT: _Spec(Close.POLICY_VIOLATION, True, "client"),
+    ErrorCode.TOO_MANY_CONNECTIONS: _Spec(Close.TRY_AGAIN_LATER, True, "client"),
     ErrorCode.INTERNAL: _Spec(Close.INTERNAL_ERROR, True, "server"),
 }
 

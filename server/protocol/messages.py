@@ -170,21 +170,28 @@ class Ack:
     @classmethod
     def parse(cls, msg: dict) -> "Ack":
         _check_fields(msg, {"eid"})
-        return cls(_int_field(msg, "eid", None, 0))  # type: ignore[arg-type]
+        if "eid" not in msg:
+            raise ProtocolError(ErrorCode.BAD_VALUE, "ack needs eid: the last event id received")
+        return cls(_int_field(msg, "eid", None, -1))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
 class Resume:
     """``resume``: reattach to a session the server still holds after a dropped connection.
-    ``last_eid`` is the last event id the client received (-1 for none)."""
+    ``last_eid`` is the last event id the client received (-1 for none); ``resume_token`` is the
+    per-stream secret the server sent in ``ready`` (a session id alone is not a credential)."""
 
     session_id: str
     last_eid: int
+    resume_token: str = ""
 
     @classmethod
     def parse(cls, msg: dict) -> "Resume":
-        _check_fields(msg, {"session_id", "last_eid"})
+        _check_fields(msg, {"session_id", "last_eid", "resume_token"})
         sid = msg.get("session_id")
-        if not isinstance(sid, str) or not sid:
+        if not isinstance(sid, str) or not sid or len(sid) > 128:
             raise ProtocolError(ErrorCode.BAD_VALUE, "resume.session_id must be a non-empty string")
-        return cls(sid, _int_field(msg, "last_eid", -1, -1))  # type: ignore[arg-type]
+        token = msg.get("resume_token", "")
+        if not isinstance(token, str) or len(token) > 256:
+            raise ProtocolError(ErrorCode.BAD_VALUE, "resume.resume_token must be the string from 'ready'")
+        return cls(sid, _int_field(msg, "last_eid", -1, -1), token)  # type: ignore[arg-type]

@@ -137,7 +137,7 @@ class WakewordStage(Stage):
     def describe(self) -> dict:
         d = self.schema.describe()
         d["models"] = {n: {"features": h.flavour, "embeddings": h.n_embeddings, "threshold": h.threshold,
-                           "path": str(h.path)}
+                           "file": h.path.name}
                        for n, h in self.heads.items()}
         return d
 

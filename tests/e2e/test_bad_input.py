@@ -25,7 +25,8 @@ pytestmark = pytest.mark.slow
 def server(tmp_path_factory):
     srv = start_server(tmp_path_factory.mktemp("bad"), "--pipelines", "vad", "--log-format", "text",
                        "--max-message-bytes", "65536", "--max-frames-per-second", "200", "--frame-burst", "300",
-                       "--max-sessions", "6", "--idle-timeout-s", "1.5")
+                       "--max-sessions", "6", "--idle-timeout-s", "1.5",
+                       "--resume-grace-s", "0")      # dropped sockets here must not hold session slots
     yield srv
     assert srv.proc.poll() is None, "server died during the bad-input tests"
     srv.stop()
@@ -120,16 +121,21 @@ def test_audio_before_start(server, neighbour):
 
 
 def test_oversized_message_closes_1009(server, neighbour):
+    """The transport itself (uvicorn's ws_max_size = --max-message-bytes) refuses the message before it
+    is buffered whole: close 1009 with the limit in the reason; the stream's earlier events arrived."""
     async def go():
         ws = await raw(server.url)
         await ws.send(start_msg())
-        await ws.recv()
-        await ws.send(msgpack.packb({"type": "audio", "pcm": b"\x00" * 70000}))
+        ready = msgpack.unpackb(await ws.recv())
+        try:
+            await ws.send(msgpack.packb({"type": "audio", "pcm": b"\x00" * 70000}))
+        except websockets.ConnectionClosed:
+            pass
         evs = await events_until_close(ws)
-        return evs, ws.close_code
-    evs, code = run(go())
-    assert evs[-1]["code"] == "message_too_large" and evs[-1]["fatal"] is True
-    assert code == 1009
+        return ready, evs, ws.close_code, ws.close_reason
+    ready, evs, code, reason = run(go())
+    assert ready["type"] == "ready" and code == 1009 and "65536" in reason
+    assert all(e.get("code") == "message_too_large" for e in evs if e.get("type") == "error")
     check_neighbour(neighbour, server)
 
 
@@ -211,7 +217,8 @@ def test_max_sessions_refused_with_1013(server, neighbour):
             await ws.send(start_msg())
             await ws.recv()
             held.append(ws)
-        extra = await raw(server.url)
+        extra = await raw(server.url)               # a socket alone holds no slot: the refusal comes at start
+        await extra.send(start_msg())
         evs = await events_until_close(extra, timeout=5)
         for ws in held:
             await ws.close()
