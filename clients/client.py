@@ -173,6 +173,35 @@ class VoxClient:
         return self.ws.close_reason
 
 
+class FramePacer:
+    """Keeps a client that sends "as fast as allowed" under the server's message flood limit (the
+    ``limits`` of ``ready``): a token bucket at 90 % of the server's rate and half its burst, so the
+    server never has to refuse the stream. The audio-rate quota needs no pacing here: the server paces
+    that one itself by reading more slowly."""
+
+    def __init__(self, rate: float, burst: float):
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self.last: float | None = None
+
+    @classmethod
+    def for_limits(cls, limits: dict | None) -> "FramePacer":
+        limits = limits or {}
+        return cls(0.9 * float(limits.get("max_frames_per_second", 200.0)), 0.5 * float(limits.get("frame_burst", 400)))
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before sending the next message (takes its token)."""
+        if self.last is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= 1.0
+        if self.tokens >= 0:
+            return 0.0
+        wait = -self.tokens / self.rate
+        self.tokens, self.last = 0.0, now + wait
+        return wait
+
+
 @dataclass
 class StreamResult:
     events: list[dict] = field(default_factory=list)
@@ -259,6 +288,7 @@ async def stream_source(url: str, source: PcmSource, *, pipelines: list[str] | t
                                 return
 
                 rtask = asyncio.create_task(reader())
+                pacer = FramePacer.for_limits((result.ready or {}).get("limits")) if speed <= 0 else None
                 try:
                     for i in range(next_seq, len(frames)):
                         if rtask.done():
@@ -267,6 +297,10 @@ async def stream_source(url: str, source: PcmSource, *, pipelines: list[str] | t
                             cuts.pop(0)
                             client.ws.transport.abort()            # simulated network drop
                             break
+                        if pacer is not None:
+                            delay = pacer.delay(time.perf_counter())
+                            if delay > 0:
+                                await asyncio.sleep(delay)
                         await client.send_audio(frames[i], raw=raw_frames)
                         if speed > 0:
                             sent_s = (i + 1) * frame_ms / 1000.0

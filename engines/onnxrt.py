@@ -22,6 +22,28 @@ PROVIDERS = {
 }
 
 
+def installed_builds() -> list[str]:
+    """The ONNX Runtime distributions installed (more than one share and overwrite one module)."""
+    from importlib import metadata
+
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(dist)
+            found.append(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def _two_builds_note() -> str:
+    builds = installed_builds()
+    if len(builds) < 2:
+        return ""
+    return (f" Both {' and '.join(builds)} are installed and overwrite each other's files: pip uninstall -y "
+            "onnxruntime onnxruntime-gpu, then pip install 'onnxruntime-gpu[cuda,cudnn]'.")
+
+
 def _spec(arg) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
     return TensorSpec(arg.name, shape, np.dtype(_ORT_TYPES.get(arg.type, np.float32)))
@@ -62,9 +84,9 @@ class OrtEngine(Engine):
         wanted = PROVIDERS[kind]
         if wanted not in available:
             raise EngineError(
-                f"{kind}: ONNX Runtime here has {available}, not {wanted}. Install the GPU build "
-                f"(pip install 'voxserve[gpu]', which replaces onnxruntime with onnxruntime-gpu) on a machine "
-                f"with an NVIDIA driver, or run with --engine onnxruntime-cpu.")
+                f"{kind}: ONNX Runtime here has {available}, not {wanted}. Swap in the GPU build on a machine "
+                f"with an NVIDIA driver (pip uninstall -y onnxruntime && pip install 'onnxruntime-gpu[cuda,cudnn]'"
+                f"), or run with --engine onnxruntime-cpu.{_two_builds_note()}")
         so = ort.SessionOptions()
         so.intra_op_num_threads = intra_op_threads
         so.inter_op_num_threads = 1

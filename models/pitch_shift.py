@@ -134,9 +134,13 @@ def export_onnx(path, frames_per_call: int = 2) -> None:
                       dynamo=False, dynamic_axes={n: {0: "batch"} for n in names_in + names_out})
 
 
-if __name__ == "__main__":          # python -m voxserve.models.pitch_shift: re-export the shipped graph
+if __name__ == "__main__":          # python -m voxserve.models.pitch_shift [OUT]: re-export the shipped graph
+    import sys
     from pathlib import Path
 
-    out = Path(__file__).parent / "vc" / "pitch_shift.onnx"
+    # Written into the checkout (run from its root), never into an installed package.
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "models/vc/pitch_shift.onnx")
+    if not out.parent.is_dir():
+        sys.exit(f"{out.parent} does not exist: run from the repository root or name the output file")
     export_onnx(out)
     print(f"wrote {out}")

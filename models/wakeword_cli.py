@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import logging
 import sys
@@ -59,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("eval", help="FRR / false accepts per hour report with a DET curve")
     e.add_argument("model", type=Path)
     e.add_argument("--phrase", required=True)
-    e.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared",
-                   help="folder holding eval/speech and eval/noise (default: ../shared beside the checkout)")
+    e.add_argument("--shared", type=Path, default=Path(os.environ.get("VOXSERVE_SHARED", "../shared")),
+                   help="folder holding eval/speech and eval/noise (default: $VOXSERVE_SHARED, else ../shared "
+                        "from the current directory, i.e. beside a checkout you run it in)")
     e.add_argument("--out", type=Path, default=Path("bench/wakeword"))
     e.add_argument("--positives", type=int, default=600)
     e.add_argument("--synthetic-minutes", type=float, default=120.0,

@@ -483,7 +483,10 @@ class StreamHandler:
         log.info("stream started", extra={**self._log_extra, "rate": cfg.audio.sample_rate})
         self._queue({"type": "ready", "session_id": self.session.id, "resume_token": self.session.resume_token,
                      "principal": self.principal.name, "protocol_version": PROTOCOL_VERSION,
-                     "subprotocol": self.codec.subprotocol, "config": cfg.to_wire()})
+                     "subprotocol": self.codec.subprotocol, "config": cfg.to_wire(),
+                     "limits": {"max_frames_per_second": s.max_frames_per_second, "frame_burst": s.frame_burst,
+                                "max_message_bytes": s.max_message_bytes, "max_audio_rate": self.rate.rate,
+                                "audio_burst_s": self.rate.burst_s}})
         return True
 
     # -- writing -------------------------------------------------------------------------------------

@@ -31,6 +31,30 @@ def test_wheel_contains_every_subpackage_and_no_bare_top_level(wheel):
     assert "voxserve = voxserve.server.cli:main" in entry and "voxserve-client = voxserve.clients.cli:main" in entry
 
 
+def test_wheel_carries_every_tracked_file_of_the_packages(wheel):
+    """No drift: every file git tracks under server/ engines/ clients/ models/ is in the wheel (code and
+    data alike), at its voxserve.* path. A new model, page or JSON file cannot be left out."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    tracked = subprocess.run(["git", "ls-files", "server", "engines", "clients", "models"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout: no list of tracked files to compare with")
+    missing = [f for f in tracked if f"voxserve/{f}" not in names]
+    assert not missing, missing
+
+
+def test_no_extra_installs_a_second_onnxruntime_build(wheel):
+    """onnxruntime and onnxruntime-gpu install the same module: no extra may add the GPU build beside the
+    CPU build that voxserve depends on (the README's GPU install swaps them)."""
+    meta = zipfile.ZipFile(wheel).read(next(n for n in zipfile.ZipFile(wheel).namelist()
+                                            if n.endswith(".dist-info/METADATA"))).decode()
+    requires = [ln.split(":", 1)[1].strip() for ln in meta.splitlines() if ln.startswith("Requires-Dist:")]
+    base = [r for r in requires if "extra ==" not in r]
+    extras = [r for r in requires if "extra ==" in r]
+    assert any(r.startswith("onnxruntime>") for r in base)
+    assert not [r for r in extras if r.lower().startswith(("onnxruntime", "onnxruntime-gpu"))], extras
+
+
 def test_code_imports_voxserve_namespace_never_bare_packages():
     bare = {"server", "models", "engines", "clients"}
     offenders = []
@@ -56,8 +80,9 @@ def test_gpu_dockerfile_copies_existing_paths_and_sets_valid_settings():
 
     text = (REPO / "Dockerfile.gpu").read_text()
     lines = [ln.strip() for ln in text.replace("\\\n", " ").splitlines() if ln.strip() and not ln.startswith("#")]
-    copies = [ln.split()[1:-1] for ln in lines if ln.startswith("COPY ")]
+    copies = [ln.split()[1:-1] for ln in lines if ln.startswith("COPY ") and "--from=" not in ln]
     assert copies, "no COPY lines"
+    assert "pip install /dist/voxserve-" in text, "the image must install the built wheel, not the source tree"
     for sources in copies:
         for src in sources:
             assert (REPO / src).exists(), f"Dockerfile.gpu copies {src}, which is not in the repository"
