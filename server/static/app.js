@@ -10,7 +10,7 @@ let ctx = null, mic = null, capture = null, player = null, ws = null;
 let wanted = false, backoff = 500, reconnectTimer = null;
 // Lossless resume: frames sent (by sequence number) are kept for 10 s so that, after a drop, the
 // server can ask for the ones it missed; events carry ids (eid) so replayed ones are not shown twice.
-let resumeId = null, lastEid = -1, ackedEid = -1, sentSeq = 0;
+let resumeId = null, resumeToken = "", lastEid = -1, ackedEid = -1, sentSeq = 0;
 const replay = [];                       // [seq, ArrayBuffer], at most ~10 s
 
 function wsUrl() {
@@ -18,6 +18,24 @@ function wsUrl() {
   const q = u.searchParams.get("ws");
   return q || `${u.protocol === "https:" ? "wss" : "ws"}://${u.host}/v1/stream`;
 }
+// Credentials: a browser cannot set headers on a WebSocket, so a short-lived token travels as a second
+// subprotocol "voxserve.auth.<token>" (the server never echoes it). The token comes from a token URL
+// (?token_url= or the field: your backend, POST, returns {"token"}), or is minted by this server's
+// POST /v1/tokens from a pasted API key; a fresh one for every connection, so the key never goes on the socket.
+async function fetchToken() {
+  const u = new URL(location.href);
+  const tokenUrl = $("tokenurl").value.trim() || u.searchParams.get("token_url");
+  const key = $("apikey").value.trim();
+  if (!tokenUrl && !key) return u.searchParams.get("token");          // a token handed to the page, or none
+  const r = await fetch(tokenUrl || "/v1/tokens", {
+    method: "POST", credentials: tokenUrl ? "include" : "same-origin",
+    headers: Object.assign({ "Content-Type": "application/json" }, key && !tokenUrl ? { Authorization: "Bearer " + key } : {}),
+    body: JSON.stringify({ pipelines: pipelines() }) });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(`token request refused (HTTP ${r.status}): ${(body.error && body.error.message) || ""}`);
+  return body.token;
+}
+
 function pipelines() { return [...document.querySelectorAll("#pipes input:checked")].map((i) => i.value); }
 function vcOptions() { return { semitones: parseFloat($("pitch").value), formant: parseFloat($("formant").value) }; }
 function showError(msg) { const e = $("error"); e.textContent = msg; e.hidden = !msg; }
@@ -51,14 +69,24 @@ function sendPcm(f32) {
   if (ws && ws.readyState === WebSocket.OPEN && state.sessionId) ws.send(pcm.buffer);
 }
 
-function connect() {
+async function connect() {
   clearTimeout(reconnectTimer);
   setConn("connecting", false);
-  ws = new WebSocket(wsUrl(), ["voxserve.v1.msgpack"]);
+  let token = null;
+  try { token = await fetchToken(); } catch (err) {
+    showError(String(err.message || err)); setConn("no credential", false);
+    wanted = false; $("start").disabled = false; $("stop").disabled = true;
+    return;
+  }
+  state.authenticated = Boolean(token);
+  ws = new WebSocket(wsUrl(), token ? ["voxserve.v1.msgpack", "voxserve.auth." + token] : ["voxserve.v1.msgpack"]);
   ws.binaryType = "arraybuffer";
   ws.onopen = () => {
     backoff = 500;
-    if (resumeId) { ws.send(JSON.stringify({ type: "resume", session_id: resumeId, last_eid: lastEid })); return; }
+    if (resumeId) {
+      ws.send(JSON.stringify({ type: "resume", session_id: resumeId, last_eid: lastEid, resume_token: resumeToken }));
+      return;
+    }
     ws.send(JSON.stringify({ type: "start", sample_rate: ctx.sampleRate, encoding: "s16le", channels: 1,
       pipelines: pipelines(), options: pipelines().includes("vc") ? { vc: vcOptions() } : {},
       output_sample_rate: ctx.sampleRate, binary_frames: "pcm", client: "browser" }));
@@ -67,6 +95,9 @@ function connect() {
   ws.onclose = (e) => {
     state.connected = false; state.sessionId = null;
     setConn(`closed ${e.code}`, false);
+    if (e.code === 4401 || e.code === 4403) {          // refused credential or origin: retrying will not help
+      wanted = false; $("start").disabled = false; $("stop").disabled = true;
+    }
     if (wanted && e.code !== 1000) {                  // automatic reconnect with exponential backoff
       state.reconnects++;
       reconnectTimer = setTimeout(connect, backoff);
@@ -101,7 +132,7 @@ function handle(ev) {
       for (const [seq, buf] of replay) if (seq >= ev.next_seq) ws.send(buf);   // the audio the server missed
       break;
     case "ready":
-      resumeId = ev.session_id; sentSeq = 0; replay.length = 0;
+      resumeId = ev.session_id; resumeToken = ev.resume_token || ""; sentSeq = 0; replay.length = 0;
       state.connected = true; state.sessionId = ev.session_id; showError("");
       setConn("streaming", true); $("session").textContent = "session " + ev.session_id.slice(0, 8);
       break;

@@ -23,7 +23,8 @@ def find_chromium() -> str | None:
 
 
 class Browser:
-    def __init__(self, exe: str, profile: Path, port: int, fake_audio: Path | None = None):
+    def __init__(self, exe: str, profile: Path, port: int, fake_audio: Path | None = None,
+                 extra_args: tuple[str, ...] = ()):
         args = [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
@@ -31,6 +32,7 @@ class Browser:
                 f"--user-data-dir={profile}", "--window-size=1200,900", "about:blank"]
         if fake_audio:
             args.insert(-1, f"--use-file-for-fake-audio-capture={fake_audio}")
+        args[-1:-1] = list(extra_args)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.port = port
         deadline = time.time() + 30

@@ -1,6 +1,9 @@
 """The browser client in a real headless Chromium, with a real recording as the fake microphone.
 
-Asserts that, inside the page, VAD events arrive, a transcript is shown, converted audio is played
+The server runs as deployed: https/wss with a certificate the test makes (Chromium trusts it by its
+public-key hash, so the page is a secure context for getUserMedia) and an API key. The key is pasted
+into the page, which exchanges it for a short-lived token at POST /v1/tokens and streams with the token
+as its second subprotocol. Asserts that, inside the page, VAD events arrive, a transcript is shown, converted audio is played
 back through the jitter-buffered AudioWorklet, and a connection dropped mid-utterance is resumed
 (same session, no final shown twice); saves a screenshot to bench/out/browser.png.
 """
@@ -15,7 +18,9 @@ import soundfile as sf
 
 from ..conftest import REPO, free_port, shared_or_skip, start_server
 from .cdp import Browser, find_chromium
-from .helpers import resampled_source
+from .helpers import resampled_source, self_signed_cert
+
+API_KEY = "browser-test-key-7d3e9a1c5b"
 
 pytestmark = pytest.mark.slow
 
@@ -39,16 +44,31 @@ def fake_mic(tmp_path: Path) -> Path:
 
 
 def test_browser_client_end_to_end(tmp_path, chromium):
+    import base64
+    import hashlib
+    import ssl
+
+    from cryptography.hazmat.primitives import serialization
+
     mic = fake_mic(tmp_path)              # may skip (no ../shared): before the server starts, so none leaks
-    srv = start_server(tmp_path, "--pipelines", "vad,asr,vc", "--log-format", "text", "--no-admission")
+    cert, _, (cert_pem, key_pem) = self_signed_cert(tmp_path, "server")
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki_hash = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    srv = start_server(tmp_path, "--pipelines", "vad,asr,vc", "--log-format", "text", "--no-admission",
+                       "--api-key", API_KEY, "--ssl-certfile", str(cert_pem), "--ssl-keyfile", str(key_pem),
+                       ssl_context=ssl.create_default_context(cafile=str(cert_pem)))
     try:
-        browser = Browser(chromium, tmp_path / "profile", free_port(), mic)
+        browser = Browser(chromium, tmp_path / "profile", free_port(), mic,
+                          extra_args=(f"--ignore-certificate-errors-spki-list={spki_hash}",))
     except BaseException:
         srv.stop()
         raise
     try:
+        assert srv.http.startswith("https://")
         browser.navigate(srv.http + "/")
         assert browser.evaluate("document.title") == "voxserve"
+        assert browser.evaluate("window.isSecureContext") is True
+        browser.evaluate(f"document.getElementById('apikey').value = {API_KEY!r}; true")
         browser.evaluate("document.querySelector('#pipes input[value=vc]').checked = true;"
                          "document.querySelector('#pipes input[value=wakeword]').checked = false; true")
         browser.evaluate("document.getElementById('start').click(); true", gesture=True)
@@ -77,6 +97,10 @@ def test_browser_client_end_to_end(tmp_path, chromium):
         assert len(state["finalTexts"]) == len(set(state["finalTexts"])), state          # no final shown twice
         html = browser.evaluate("document.getElementById('finals').textContent")
         assert html.strip()
+        assert state["authenticated"] is True
+        log = srv.log()
+        assert log.count("token minted") >= 2                  # one token per connection, the resume included
+        assert API_KEY not in log and "principal=key-" in log
     finally:
         browser.close()
         srv.stop()
