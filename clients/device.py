@@ -79,8 +79,10 @@ class MicSession:
 
         async with VoxClient.connect(a.url, token=a.token, token_via=a.token_via, ssl=ssl_context(a)) as client:
             if self.session_id is None:
-                ev = await client.start(sample_rate=a.rate, pipelines=pipelines,
-                                        options=json.loads(a.options) if a.options else {},
+                options = json.loads(a.options) if a.options else {}
+                if "vc" in pipelines and not a.no_playback:          # live playback: late audio is no use
+                    options.setdefault("vc", {}).setdefault("delivery", "realtime")
+                ev = await client.start(sample_rate=a.rate, pipelines=pipelines, options=options,
                                         output_sample_rate=a.rate, client="voxserve-client mic")
                 self.session_id, seq = ev["session_id"], 0
                 self.resume_token = ev.get("resume_token", "")

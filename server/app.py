@@ -62,6 +62,7 @@ class VoxServer:
                                 settings.handshake_burst)
         self.ready = False
         self.draining = False
+        self.drain_started: float | None = None
         self.started_at = time.time()
         self._housekeeper: asyncio.Task | None = None
 
@@ -88,6 +89,7 @@ class VoxServer:
         if self.draining:
             return
         self.draining = True
+        self.drain_started = time.monotonic()
         self.ready = False
         handlers = list(self.handlers)
         if handlers:
@@ -109,7 +111,11 @@ class VoxServer:
                     self.expire_detached(sid, "grace period over")
             for h in list(self.handlers):
                 longest = min(s.max_session_s, h.principal.max_stream_s or s.max_session_s)
-                if h.session is None and now - h.opened > s.start_timeout_s:
+                if h.send_started is not None:          # its socket takes nothing: slow, not idle
+                    if now - h.send_started > s.idle_timeout_s:
+                        h.terminate(ProtocolError(ErrorCode.SLOW_CONSUMER, f"client read nothing for "
+                                                                           f"{s.idle_timeout_s:g} s; closing"))
+                elif h.session is None and now - h.opened > s.start_timeout_s:
                     h.terminate(ProtocolError(ErrorCode.START_TIMEOUT,
                                               f"no start or resume within {s.start_timeout_s:g} s; closing"))
                 elif now - h.last_input > s.idle_timeout_s:
@@ -180,6 +186,7 @@ class StreamHandler:
         self.address = client[0] if client else "?"
         s0 = server.settings
         self.rate = AudioRate(s0.max_audio_rate, s0.audio_burst_s)
+        self._lag_limit_s = min(2.0, s0.ring_seconds / 4)   # stage work pending before input is paused
         s = server.settings
         self.conn = ServerConnection(self.codec, server.schemas,
                                      ConnectionLimits(s.max_message_bytes, s.max_frames_per_second, s.frame_burst))
@@ -196,6 +203,8 @@ class StreamHandler:
         self._pending_direct: list[dict] = []     # events queued before a session exists
         self._closing = False
         self._detached = False
+        self.send_started: float | None = None     # when the writer's current send began (None: not sending)
+        self.sent = 0                              # events sent on this socket
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -314,9 +323,7 @@ class StreamHandler:
                 log.info("stream disconnected", extra=self._log_extra)
             return
         if self.session is not None and not self.session.overflowed:
-            try:
-                await asyncio.wait_for(self.session.finish(), timeout=max(1.0, self.server.settings.drain_timeout_s))
-            except asyncio.TimeoutError:
+            if not await self._while_progressing(self.session.finish(), max(1.0, self.server.settings.drain_timeout_s)):
                 log.warning("finals not delivered in time", extra=self._log_extra)
         err = self._end
         if self.session is not None and self.session.overflowed:
@@ -326,24 +333,65 @@ class StreamHandler:
         if err is None and self.session is not None:
             self._queue({"type": "stopped", "session_id": self.session.id,
                                      **self.session.position("audio", self.session.ring.end),
-                         "dropped_events": self.session.outbox.dropped})
+                         "dropped_events": self.session.outbox.dropped,
+                         "dropped_by_type": dict(self.session.dropped_by_type)})
         elif err is not None:
             m.errors.labels(err.code.value).inc()
             self._queue_error(err)
         self._wake.set()
         # Let the writer deliver everything queued, then close.
         self._closing = True
-        try:
-            await asyncio.wait_for(self._drained(), timeout=2.0 if err and err.code is ErrorCode.SLOW_CONSUMER else 10.0)
-        except asyncio.TimeoutError:
-            pass
+        await self._while_progressing(self._drained(), 2.0 if err and err.code is ErrorCode.SLOW_CONSUMER else 10.0)
         code, reason = (Close.NORMAL, "stopped") if err is None else (err.code.close_code, err.code.value)
         m.sessions_total.labels("stopped" if err is None else err.code.value).inc()
         log.info("stream closed", extra={**self._log_extra, "close_code": int(code), "reason": reason})
-        await self._close(int(code), reason)
+        slow = err is not None and err.code is ErrorCode.SLOW_CONSUMER
+        await self._close(int(code), reason, timeout=2.0 if slow or self.server.draining
+                          else self.server.settings.idle_timeout_s)
+
+    async def _backpressure(self) -> bool:
+        """The client reads its events more slowly than the stream produces them, or a stage is behind the
+        input: stop reading its input (TCP then pushes back on the sender) until the writer has sent half the
+        backlog and the stages have caught up. Nothing the client asked for is dropped, and the ring never
+        overwrites unprocessed audio. False (stream ends with ``slow_consumer``) when nothing moves for
+        ``idle_timeout_s``."""
+        sess = self.session
+        t0 = time.monotonic()
+        self.server.metrics.backpressure.inc()
+        while (sess.outbox.kept > sess.outbox.soft // 2 or sess.lagging(self._lag_limit_s / 2)) \
+                and not self._client_gone:
+            now = time.monotonic()
+            if now - t0 > self.server.settings.idle_timeout_s:
+                self._end = ProtocolError(ErrorCode.SLOW_CONSUMER, f"client read no events for "
+                                                                    f"{self.server.settings.idle_timeout_s:g} s")
+                return False
+            self.last_input = now                  # connected and pushed back on, not idle
+            await asyncio.sleep(0.005)
+        return True
+
+    async def _while_progressing(self, work, stall_s: float) -> bool:
+        """Run ``work`` for as long as the client keeps taking events: it is cut off only after ``stall_s``
+        seconds in which the writer sent nothing (a slow reader that reads still gets everything; one that
+        stopped reading, or a server shutting down with a stuck client, does not hold the stream forever).
+        True when ``work`` completed."""
+        task = asyncio.ensure_future(work)
+        sent = -1
+        while True:
+            done, _ = await asyncio.wait([task], timeout=stall_s)
+            if done:
+                return True
+            if self.sent == sent or self._client_gone or (self.server.draining and self._drain_deadline_passed()):
+                task.cancel()
+                return False
+            sent = self.sent
+
+    def _drain_deadline_passed(self) -> bool:
+        return time.monotonic() - (self.server.drain_started or time.monotonic()) > self.server.settings.drain_timeout_s
 
     async def _drained(self) -> None:
-        while self.session is not None and len(self.session.outbox) and not self._client_gone:
+        """Until the writer has handed every queued event to the transport (its last send included)."""
+        while self.session is not None and (len(self.session.outbox) or self.send_started is not None) \
+                and not self._client_gone:
             await asyncio.sleep(0.005)
         while self.session is None and self._pending_direct and not self._client_gone:
             await asyncio.sleep(0.005)
@@ -367,6 +415,9 @@ class StreamHandler:
             m.bytes_in.inc(len(payload))
             try:
                 if not await self._dispatch(self.conn.receive(payload, self.last_input)):
+                    return
+                if self.session is not None and (self.session.outbox.backlogged or self.session.lagging(
+                        self._lag_limit_s)) and not await self._backpressure():
                     return
             except Exception as exc:                  # a bug of ours: typed error, finals, close 1011
                 log.exception("stream failed", extra=self._log_extra)
@@ -485,7 +536,9 @@ class StreamHandler:
                      "principal": self.principal.name, "protocol_version": PROTOCOL_VERSION,
                      "subprotocol": self.codec.subprotocol, "config": cfg.to_wire(),
                      "limits": {"max_frames_per_second": s.max_frames_per_second, "frame_burst": s.frame_burst,
-                                "max_message_bytes": s.max_message_bytes, "max_audio_rate": self.rate.rate,
+                                "max_message_bytes": s.max_message_bytes,
+                                "max_frame_ms": max_frame_ms(cfg.audio, s.max_message_bytes),
+                                "max_audio_rate": self.rate.rate,
                                 "audio_burst_s": self.rate.burst_s}})
         return True
 
@@ -512,15 +565,21 @@ class StreamHandler:
             while True:
                 event = self._pending_direct.pop(0) if self._pending_direct else (
                     self.session.outbox.pop() if self.session is not None else None)
+                if event is not None and self.session is not None and self.session.outbox.kept == \
+                        self.session.outbox.soft // 2:
+                    self.session.drained()         # half the backlog is out: paused producers resume
                 if event is None:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
                 payload = encode(event)
+                self.send_started = time.monotonic()
                 if isinstance(payload, bytes):
                     await send({"type": "websocket.send", "bytes": payload})
                 else:
                     await send({"type": "websocket.send", "text": payload})
+                self.send_started = None
+                self.sent += 1
                 m.events.labels(event.get("type", "?")).inc()
         except (WebSocketDisconnect, OSError, RuntimeError):
             self._client_gone = True
@@ -539,11 +598,57 @@ class StreamHandler:
         except Exception:
             pass
 
-    async def _close(self, code: int, reason: str) -> None:
+    async def _close(self, code: int, reason: str, timeout: float = 2.0) -> None:
+        """Send the close frame. It queues behind the data already written, and the ASGI server drops the
+        connection a fixed time after it (uvicorn: 10 s) whether or not the client has read that far; so
+        first wait, while the client keeps reading, until the kernel has delivered what was written
+        (at most ``timeout`` seconds without progress)."""
+        await wait_unsent_drained(self.ws, timeout)
         try:
-            await asyncio.wait_for(self.ws.close(code, reason), timeout=2.0)
+            await asyncio.wait_for(self.ws.close(code, reason), timeout=timeout)
         except Exception:
             pass
+
+
+def unsent_bytes(ws: WebSocket) -> int | None:
+    """Bytes written to this connection that its peer has not yet acknowledged (Linux ``SIOCOUTQ``), or
+    None where that cannot be known (not uvicorn, not Linux, not a TCP socket)."""
+    import fcntl
+    import struct
+    import termios
+
+    proto = getattr(getattr(ws, "_receive", None), "__self__", None)       # uvicorn's protocol object
+    transport = getattr(proto, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or not hasattr(termios, "TIOCOUTQ"):
+        return None
+    try:
+        buffered = transport.get_write_buffer_size()
+        return buffered + struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return None
+
+
+async def wait_unsent_drained(ws: WebSocket, stall_s: float) -> None:
+    """Wait until the peer has received everything written, as long as it keeps taking data (gives up
+    after ``stall_s`` without progress)."""
+    last, since = unsent_bytes(ws), time.monotonic()
+    while last:
+        await asyncio.sleep(0.02)
+        now_unsent = unsent_bytes(ws)
+        if not now_unsent:
+            return
+        if now_unsent < last:
+            last, since = now_unsent, time.monotonic()
+        elif time.monotonic() - since > stall_s:
+            return
+
+
+def max_frame_ms(audio, max_message_bytes: int) -> int:
+    """The longest audio frame (ms, at most the protocol's 1 s) whose message fits ``max_message_bytes``
+    for this stream's format, with room for the msgpack envelope."""
+    per_ms = audio.bytes_per_frame * audio.sample_rate / 1000.0
+    return int(min(1000.0, (max_message_bytes - 64) / per_ms))
 
 
 def short_id(session_id: str) -> str:

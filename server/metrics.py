@@ -20,6 +20,8 @@ class Metrics:
         self.events = Counter("voxserve_events_sent_total", "events sent", ["type"], registry=r)
         self.events_dropped = Counter("voxserve_events_dropped_total", "stale events dropped for slow readers",
                                       registry=r)
+        self.backpressure = Counter("voxserve_backpressure_total", "times a stream's input was paused until its "
+                                    "client read its events", registry=r)
         self.paced_seconds = Counter("voxserve_audio_paced_seconds_total", "time readers waited to keep streams "
                                      "within their audio-rate quota", registry=r)
         self.errors = Counter("voxserve_errors_total", "errors reported to clients", ["code"], registry=r)

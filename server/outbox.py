@@ -26,9 +26,9 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._q)
 
-    def put(self, event: dict, droppable: bool = False) -> int:
-        """Queue ``event``; return how many stale events were dropped to make room."""
-        dropped = 0
+    def put(self, event: dict, droppable: bool = False) -> dict | None:
+        """Queue ``event``; return the stale event dropped to make room, if one was."""
+        dropped = None
         if len(self._q) >= self.soft and self._droppable:
             dropped = self._drop_oldest_droppable()
         if len(self._q) >= self.hard:
@@ -37,14 +37,25 @@ class Outbox:
         self._droppable += droppable
         return dropped
 
-    def _drop_oldest_droppable(self) -> int:
-        for i, (_, d) in enumerate(self._q):
+    def _drop_oldest_droppable(self) -> dict | None:
+        for i, (ev, d) in enumerate(self._q):
             if d:
                 del self._q[i]
                 self._droppable -= 1
                 self.dropped += 1
-                return 1
-        return 0
+                return ev
+        return None
+
+    @property
+    def kept(self) -> int:
+        """Queued events that will not be dropped."""
+        return len(self._q) - self._droppable
+
+    @property
+    def backlogged(self) -> bool:
+        """More events that must be delivered are queued than the soft limit: the producer should wait
+        (backpressure). Droppable events never cause it: stale ones are shed instead."""
+        return self.kept >= self.soft
 
     def pop(self) -> dict | None:
         if not self._q:

@@ -23,8 +23,9 @@ from .protocol.messages import AudioIn
 from .stages.base import Stage, StageStream, StreamContext
 from .vad import VadEvent, VadSegmenter
 
-# Event types that may be dropped for a slow reader (stale interim information only).
-DROPPABLE = frozenset({"transcript_interim", "audio", "budget"})
+# Event types that may be dropped for a slow reader (stale interim information only). Converted audio is
+# droppable only when its stream asked for live delivery (vc.delivery=realtime): the stage says so per event.
+DROPPABLE = frozenset({"transcript_interim", "budget"})
 
 
 def latency(queue_s: float, compute_s: float, total_s: float) -> dict:
@@ -53,6 +54,7 @@ class Session:
         self.overflowed = False
         self.next_eid = 0                  # every event gets an id; non-droppable ones are kept until acked
         self.retained: deque[tuple[int, dict]] = deque()
+        self.dropped_by_type: dict[str, int] = {}      # stale events shed for a slow reader, by type
         self.retain_limit = 4 * outbox_hard
         self.conn = None                   # the ServerConnection that feeds this session (kept for resume)
         self.detached_at: float | None = None
@@ -66,7 +68,7 @@ class Session:
             self.vad_events_on = bool(config.options["vad"].get("events", True))
         self.segments: list[tuple[int, int | None]] = []   # speech segments, 16 kHz [start, end)
         self.ctx = ctx = StreamContext(self.id, self.ring, self.emit, self.position, self.in_rate, config.output_sample_rate,
-                            config.pipelines, clock, self.vad)
+                            config.pipelines, clock, self.vad, backlogged=lambda: self.outbox.backlogged)
         self.streams: dict[str, StageStream] = {}
         try:
             for name in config.pipelines:
@@ -105,12 +107,27 @@ class Session:
             self.overflowed = True
             self._on_overflow()
             return
-        if dropped:
-            self.metrics.events_dropped.inc(dropped)
+        if dropped is not None:
+            kind = dropped.get("type", "?")
+            self.dropped_by_type[kind] = self.dropped_by_type.get(kind, 0) + 1
+            self.metrics.events_dropped.inc()
+        if event.get("type") == "audio" and self.dropped_by_type.get("audio"):
+            event["dropped"] = self.dropped_by_type["audio"]     # live audio: blocks shed so far (not yet sent)
         for name, stream in self.streams.items():
             if event.get("stage") != name:
                 stream.on_event(event)
         self._notify()
+
+    def lagging(self, limit_s: float) -> bool:
+        """A stage has more than ``limit_s`` seconds of received audio still to process."""
+        return any(stream.lag_s() > limit_s for stream in self.streams.values())
+
+    def drained(self) -> None:
+        """The writer took events off a backlogged outbox (called by the server): lossless producers that
+        paused for the client may go on."""
+        if self.outbox.kept <= self.outbox.soft // 2:
+            for stream in self.streams.values():
+                stream.on_drained()
 
     # -- resume --------------------------------------------------------------------------------------
     def ack(self, eid: int) -> None:

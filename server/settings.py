@@ -18,7 +18,8 @@ class Settings:
     port: int = field(default=8000, metadata={"doc": "TCP port"})
     pipelines: str = field(default="vad,wakeword,asr,vc", metadata={"doc": "pipelines to load at start (comma list)"})
     max_sessions: int = field(default=400, metadata={"doc": "concurrent streams; more are refused with 1013"})
-    max_message_bytes: int = field(default=256 * 1024, metadata={"doc": "largest accepted WebSocket message"})
+    max_message_bytes: int = field(default=512 * 1024, metadata={"doc": "largest accepted WebSocket message "
+                                                                      "(the default fits 1 s of 48 kHz f32le stereo)"})
     max_frames_per_second: float = field(default=200.0, metadata={"doc": "messages/s per stream, audio or control (flood limit)"})
     frame_burst: int = field(default=400, metadata={"doc": "messages a stream may send in a burst"})
     idle_timeout_s: float = field(default=30.0, metadata={"doc": "close a stream that sends nothing this long"})

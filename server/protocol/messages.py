@@ -102,7 +102,7 @@ class Start:
         rate = _int_field(msg, "sample_rate", 16000, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE,
                           code=ErrorCode.UNSUPPORTED_SAMPLE_RATE)
         enc = msg.get("encoding", "s16le")
-        if enc not in ENCODINGS:
+        if not isinstance(enc, str) or enc not in ENCODINGS:
             raise ProtocolError(ErrorCode.UNSUPPORTED_ENCODING,
                                 f"encoding {enc!r} not supported (use one of {sorted(ENCODINGS)})")
         ch = _int_field(msg, "channels", 1, 1, 2)

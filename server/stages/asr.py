@@ -57,8 +57,11 @@ ASR_SCHEMA = PipelineSchema(
                choices=("always", "after_wakeword")),
         Option("interims", bool, True, "send interim transcripts while speaking"),
         Option("interim_interval_ms", int, 300, "new audio between interim decodes", min=100, max=5000),
-        Option("pre_roll_ms", int, 200, "audio before the VAD start included in a segment", min=0, max=1000),
-        Option("max_segment_s", float, 20.0, "split longer speech at its quietest point", min=2.0, max=40.0),
+        Option("pre_roll_ms", int, 200, "audio before the VAD start included in a segment", min=0, max=1000,
+               updatable=False),
+        Option("max_segment_s", float, 20.0, "split longer speech at its quietest point (with pre_roll_ms, "
+                                             "at most the server's ring_seconds - 1)", min=2.0, max=40.0,
+               updatable=False),
         Option("speculate_after_ms", int, 90, "silence inside a segment after which the final decode starts",
                min=90, max=5000),
         Option("wake_timeout_s", float, 5.0, "after_wakeword: how long to wait for the command", min=0.5, max=30.0),
@@ -111,6 +114,17 @@ class AsrStage(Stage):
         if options["mode"] == "after_wakeword" and "wakeword" not in ctx.pipelines:
             from ..protocol.errors import ErrorCode, ProtocolError
             raise ProtocolError(ErrorCode.BAD_VALUE, "asr.mode=after_wakeword needs the wakeword pipeline too")
+        # A segment is read back from the stream's ring: it must fit, with its pre-roll and a second of margin
+        # for the end-of-speech tail and the split search.
+        ring_s = ctx.ring.capacity / 16000
+        need_s = options["max_segment_s"] + options["pre_roll_ms"] / 1000 + 1.0
+        if need_s > ring_s:
+            from ..protocol.errors import ErrorCode, ProtocolError
+            raise ProtocolError(ErrorCode.BAD_VALUE,
+                                f"asr.max_segment_s={options['max_segment_s']:g} with pre_roll_ms="
+                                f"{options['pre_roll_ms']} needs {need_s:g} s of audio history; this server keeps "
+                                f"{ring_s:g} s (--ring-seconds): use max_segment_s <= "
+                                f"{ring_s - 1.0 - options['pre_roll_ms'] / 1000:g}")
         return AsrStream(self, ctx, options)
 
 

@@ -28,6 +28,7 @@ class StreamContext:
     clock: Callable[[], float]
     vad: object | None = None        # the stream's VadSegmenter (read-only for stages)
     ending: str | None = None        # "flush" or "stop" while the session ends an utterance or the stream
+    backlogged: Callable[[], bool] = lambda: False   # the client is behind: lossless producers should wait
 
 
 def with_test_delay(run_batch: Callable, settings) -> Callable:
@@ -53,6 +54,14 @@ class StageStream(abc.ABC):
 
     def on_event(self, event: dict) -> None:
         """An event emitted by another stage of the same stream (e.g. wakeword for wake-gated ASR)."""
+
+    def on_drained(self) -> None:
+        """The client caught up (``ctx.backlogged()`` turned false): resume work paused for it."""
+
+    def lag_s(self) -> float:
+        """Seconds of received audio this stage still has to process and must not lose (the server stops
+        reading the stream's input while this is large, so the ring never overwrites pending work)."""
+        return 0.0
 
     async def flush(self) -> None:
         """End of utterance now: emit finals for buffered work."""

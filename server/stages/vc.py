@@ -48,8 +48,13 @@ VC_SCHEMA = PipelineSchema(
         Option("formant", float, 0.0, "formant shift in semitones, independent of pitch (0 keeps the voice's "
                                       "formants)", min=-12.0, max=12.0),
         Option("gain_db", float, 0.0, "output gain in dB", min=-40.0, max=20.0),
-        Option("budget_ms", float, 40.0, "latency budget per block; later blocks pass through unconverted",
-               min=5.0, max=5000.0),
+        Option("budget_ms", float, 40.0, "latency budget per block: a late block is reported (budget event); "
+                                         "with delivery=realtime it passes through unconverted", min=5.0, max=5000.0),
+        Option("delivery", str, "lossless", "lossless: every block converted and delivered (a slow reader gets "
+                                            "backpressure); realtime: for live playback, late blocks pass through "
+                                            "unconverted and stale ones may be dropped for a slow reader (audio "
+                                            "events then carry the count in 'dropped')",
+               choices=("lossless", "realtime"), updatable=False),
     ),
     doc="pitch-shifted voice conversion, streamed back as audio events",
 )
@@ -145,8 +150,21 @@ class VcStream(StageStream):
             return -(-(self.limit + DELAY) // BLOCK)
         return self.ctx.ring.end // BLOCK
 
+    def on_drained(self) -> None:
+        self._schedule()
+
+    def lag_s(self) -> float:
+        if self.realtime:
+            return 0.0                     # late blocks pass through at once: nothing piles up
+        return max(0, self.ctx.ring.end - self.next_block * BLOCK) / 16000.0
+
+    def _paused(self) -> bool:
+        """Lossless delivery: convert no further ahead while the client is behind (it resumes on_drained)."""
+        return not self.realtime and self.ctx.backlogged()
+
     def _schedule(self) -> None:
-        while not self.closed and self.inflight is None and self.next_block < self._ready_blocks():
+        while not self.closed and self.inflight is None and self.next_block < self._ready_blocks() \
+                and not self._paused():
             b = self.next_block
             arrival = self.arrivals.get(b, self.ctx.clock())
             deadline = arrival + self.opts["budget_ms"] / 1000.0
@@ -154,8 +172,10 @@ class VcStream(StageStream):
             frames = np.stack([self._read(block_end - (K - 1 - i) * HOP - N_FFT, block_end - (K - 1 - i) * HOP)
                                for i in range(K)])
             if self.limit is None and self.ctx.clock() > deadline:
-                self._passthrough(b, arrival)                 # too late to convert: keep real time
-                continue
+                if self.realtime:
+                    self._passthrough(b, arrival)             # too late to convert: keep real time
+                    continue
+                self._report_late(arrival)                    # lossless: convert it anyway, say it is late
             req = {"frames": frames, "semitones": np.array([self.opts["semitones"]], np.float32),
                    "formant": np.array([self.opts["formant"]], np.float32),
                    "gain_db": np.array([self.opts["gain_db"]], np.float32), **self.state}
@@ -170,6 +190,18 @@ class VcStream(StageStream):
         avail = max(start, min(stop, ring.end))
         part = ring.read(start, avail) if avail > start else np.zeros(0, np.float32)
         return np.concatenate([part, np.zeros(stop - start - part.shape[0], np.float32)])   # end of stream
+
+    @property
+    def realtime(self) -> bool:
+        return self.opts.get("delivery") == "realtime"
+
+    def _report_late(self, arrival: float) -> None:
+        now = self.ctx.clock()
+        self.stage.metrics.budget_violations.labels("vc", "late").inc()
+        if now - self.last_budget_event > 1.0:
+            self.last_budget_event = now
+            self.ctx.emit({"type": "budget", "stage": "vc", "budget_ms": self.opts["budget_ms"],
+                           "observed_ms": round((now - arrival) * 1000, 1), "action": "late"}, True)
 
     def _passthrough(self, b: int, arrival: float) -> None:
         block_end = (b + 1) * BLOCK
@@ -236,13 +268,16 @@ class VcStream(StageStream):
         pos = self.ctx.ring.end
         ev.update({"stream_ms": round(pos / 16.0, 3), "stream_sample": int(round(pos * self.ctx.input_rate / 16000))})
         self.seq += 1
-        self.ctx.emit(ev, True)
+        self.ctx.emit(ev, self.realtime)          # lossless blocks are never shed (and are replayed on resume)
 
     async def _drain(self) -> None:
         while not self.closed:
             if self.inflight is not None:
                 await asyncio.wait([self.inflight])
                 await asyncio.sleep(0)
+                continue
+            if self._paused() and self.next_block < self._ready_blocks():
+                await asyncio.sleep(0.005)                   # the client is behind: wait for it
                 continue
             self._schedule()
             if self.inflight is None:

@@ -88,7 +88,7 @@ async function connect() {
       return;
     }
     ws.send(JSON.stringify({ type: "start", sample_rate: ctx.sampleRate, encoding: "s16le", channels: 1,
-      pipelines: pipelines(), options: pipelines().includes("vc") ? { vc: vcOptions() } : {},
+      pipelines: pipelines(), options: pipelines().includes("vc") ? { vc: Object.assign({ delivery: "realtime" }, vcOptions()) } : {},
       output_sample_rate: ctx.sampleRate, binary_frames: "pcm", client: "browser" }));
   };
   ws.onmessage = (m) => handle(typeof m.data === "string" ? JSON.parse(m.data) : msgpackDecode(new Uint8Array(m.data)));
@@ -170,7 +170,7 @@ function handle(ev) {
       if (ev.code === "unknown_session") {                 // too late to resume: start a new stream
         resumeId = null; lastEid = -1; ackedEid = -1;
         ws.send(JSON.stringify({ type: "start", sample_rate: ctx.sampleRate, encoding: "s16le", channels: 1,
-          pipelines: pipelines(), options: pipelines().includes("vc") ? { vc: vcOptions() } : {},
+          pipelines: pipelines(), options: pipelines().includes("vc") ? { vc: Object.assign({ delivery: "realtime" }, vcOptions()) } : {},
           output_sample_rate: ctx.sampleRate, binary_frames: "pcm", client: "browser" }));
         break;
       }

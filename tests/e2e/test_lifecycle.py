@@ -62,33 +62,48 @@ def test_graceful_shutdown_delivers_finals_then_1012(tmp_path, jfk_path):
     assert any(line["msg"] == "draining streams" for line in lines)     # structured JSON logs
 
 
-def test_slow_consumer_is_closed_with_typed_reason(tmp_path):
+def test_client_that_never_reads_is_freed_with_typed_reason(tmp_path):
+    """A client that floods control messages and never reads its events. The server first stops reading
+    its input (backpressure: each flush earns an event); once both directions are stuck it ends the
+    stream with a typed reason after idle_timeout_s (slow_consumer when its writer is the one stalled,
+    idle_timeout when the stalled peer also stops sending), frees it, and stays up."""
     srv = start_server(tmp_path, "--pipelines", "vad", "--log-format", "text", "--max-frames-per-second", "1e6",
-                       "--frame-burst", "1000000", "--outbox-soft", "16", "--outbox-hard", "64")
+                       "--frame-burst", "1000000", "--outbox-soft", "16", "--outbox-hard", "64",
+                       "--idle-timeout-s", "3")
 
     async def go():
-        # A client that never reads: small receive buffer, many control messages that each earn an event.
         sock = socket.create_connection(("127.0.0.1", srv.port))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         ws = await websockets.connect(srv.url, sock=sock, subprotocols=["voxserve.v1.msgpack"], compression=None,
                                       max_queue=1)
         await ws.send(msgpack.packb({"type": "start"}))
         flush = msgpack.packb({"type": "flush"})
-        t0 = time.monotonic()
-        try:
-            while time.monotonic() - t0 < 60:
-                for _ in range(500):
-                    await ws.send(flush)
-                await asyncio.sleep(0)
-                if srv.get_json("/v1/info")["load"]["streams"] == 0:
-                    break
-        except websockets.ConnectionClosed:
-            pass
-        await asyncio.sleep(0.5)
-        return srv.get_json("/v1/info")["load"]["streams"], srv.get_text("/metrics")
+
+        async def flood():
+            try:
+                while True:
+                    for _ in range(200):
+                        await ws.send(flush)
+                    await asyncio.sleep(0)          # sends that never block would starve the polling below
+            except websockets.ConnectionClosed:
+                pass
+        sender = asyncio.create_task(flood())
+        deadline = time.monotonic() + 30
+        streams = None
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.3)
+            streams = srv.get_json("/v1/info")["load"]["streams"]
+            if streams == 0:
+                break
+        sender.cancel()
+        ws.transport.abort()
+        return streams, srv.get_text("/metrics")
     streams, metrics = asyncio.run(go())
     assert streams == 0
-    assert 'voxserve_sessions_total{outcome="slow_consumer"} 1.0' in metrics, [
-        line for line in metrics.splitlines() if "sessions_total" in line or "errors_total" in line]
+    outcomes = {ln.split('"')[1]: float(ln.split()[-1]) for ln in metrics.splitlines()
+                if ln.startswith("voxserve_sessions_total{")}
+    assert outcomes["opened"] == 1 and outcomes.get("slow_consumer", 0) + outcomes.get("idle_timeout", 0) == 1, outcomes
+    assert float(next(ln for ln in metrics.splitlines() if ln.startswith("voxserve_backpressure_total"))
+                 .split()[-1]) > 0
     assert srv.get_json("/healthz")["status"] == "alive"
     srv.stop()

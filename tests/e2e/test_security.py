@@ -71,18 +71,18 @@ def mint(server, key=KEY1, **body) -> dict:
     return json.loads(raw)
 
 
-@pytest.mark.parametrize("tok, why", [
-    (None, "requires a credential"),
-    ("not-a-key", "unknown API key"),
-    (token(secret="some-other-secret-entirely-0123456789"), "rejected"),
-    (token(ttl=-120), "expired"),
-    (token(aud="someone-else"), "audience"),
-    (jwt.encode({"sub": "x", "aud": "voxserve"}, SECRET, algorithm="HS256"), "exp"),
-    (token(nbf=int(time.time()) + 600), "nbf"),
-])
-def test_bad_credentials_get_401_and_no_session(server, neighbour, tok, why):
+@pytest.mark.parametrize("make, why", [
+    (lambda: None, "requires a credential"),
+    (lambda: "not-a-key", "unknown API key"),
+    (lambda: token(secret="some-other-secret-entirely-0123456789"), "rejected"),
+    (lambda: token(ttl=-120), "expired"),
+    (lambda: token(aud="someone-else"), "audience"),
+    (lambda: jwt.encode({"sub": "x", "aud": "voxserve"}, SECRET, algorithm="HS256"), "exp"),
+    (lambda: token(nbf=int(time.time()) + 600), "nbf"),
+], ids=["none", "wrong-key", "foreign-jwt", "expired", "audience", "no-exp", "nbf"])
+def test_bad_credentials_get_401_and_no_session(server, neighbour, make, why):
     opened, refusals = metric(server, "opened"), metric(server, "refused")
-    err = refused(server.url, tok)
+    err = refused(server.url, make())               # made now: a token made at collection could expire
     assert err.code == "unauthorized" and err.close_code == 401
     assert why in err.event["message"]
     assert metric(server, "opened") == opened and metric(server, "refused") == refusals + 1

@@ -47,8 +47,6 @@ def test_output_rate_and_realtime_latency(vc_server, jfk_path):
     pcm, evs = audio_out(res)
     assert all(e["sample_rate"] == 24000 and e["converted"] for e in evs)
     assert len(pcm) == 24000 * 3
-    lat = sorted(e["latency"]["total_ms"] for e in evs)
-    assert lat[len(lat) // 2] < 40.0, lat                              # median, loose: CI machines are noisy
 
 
 def test_silence_returns_silence(vc_server):
@@ -56,6 +54,60 @@ def test_silence_returns_silence(vc_server):
     pcm, _ = audio_out(stream(vc_server.url, pcm_from_array(np.zeros(16000), 16000), pipelines=["vc"], speed=0,
                               frame_ms=100))
     assert len(pcm) == 16000 and not pcm.any()
+
+
+@pytest.fixture(scope="module")
+def small_outbox_server(tmp_path_factory):
+    """An outbox of 16/64 events and no message-rate limit to speak of: a client can outrun the writer."""
+    srv = start_server(tmp_path_factory.mktemp("vc-small"), "--pipelines", "vad,vc", "--log-format", "text",
+                       "--outbox-soft", "16", "--outbox-hard", "64", "--no-admission",
+                       "--max-frames-per-second", "2000", "--frame-burst", "10000")
+    yield srv
+    srv.stop()
+
+
+def test_client_faster_than_real_time_loses_no_converted_audio(small_outbox_server, jfk_path):
+    """Lossless (the default) with 10 ms frames sent as fast as allowed: conversion falls behind the input
+    and the outbox passes its soft limit; the server stops reading input instead of shedding converted
+    blocks (what used to drop hundreds of blocks as stale): every sample comes back converted, in order."""
+    src = resampled_source(jfk_path, 16000)
+    res = stream(small_outbox_server.url, src, pipelines=["vc"], speed=0, frame_ms=10, output_sample_rate=48000,
+                 options={"vc": {"semitones": 3.0}})
+    assert res.close_code == 1000, res.fatal
+    audio = res.of_type("audio")
+    assert [e["seq"] for e in audio] == list(range(len(audio)))
+    assert sum(len(e["pcm"]) // 2 for e in audio) == len(src.data) // 2 * 3          # 16 -> 48 kHz, all of it
+    assert all(e["converted"] and "dropped" not in e for e in audio)
+    assert res.of_type("stopped")[0]["dropped_by_type"] == {}
+    metrics = small_outbox_server.get_text("/metrics")
+    assert float(next(ln for ln in metrics.splitlines() if ln.startswith("voxserve_backpressure_total"))
+                 .split()[-1]) > 0
+
+
+def test_realtime_delivery_sheds_stale_blocks_and_says_how_many(small_outbox_server, jfk_path):
+    """vc.delivery=realtime (live playback): 11 s sent at once are all late, pass through at once, and the
+    stale ones are shed for the client that reads later; it is told how many, per block and in total."""
+    src = resampled_source(jfk_path, 16000)
+
+    async def go():
+        async with VoxClient.connect(small_outbox_server.url) as c:
+            await c.start(sample_rate=16000, pipelines=["vc"], output_sample_rate=48000,
+                          options={"vc": {"delivery": "realtime"}})
+            for f in src.frames(100):
+                await c.send_audio(f)
+            await asyncio.sleep(2.0)                 # not reading while the blocks come out
+            await c.stop()
+            return [e async for e in c.events()], c.close_code
+    events, code = asyncio.run(go())
+    assert code == 1000
+    audio = [e for e in events if e["type"] == "audio"]
+    seqs = [e["seq"] for e in audio]
+    missing = (seqs[-1] + 1) - len(seqs)
+    assert missing > 0, "the slow reader should have lost stale blocks"
+    counts = [e.get("dropped", 0) for e in audio]        # the running count of shed blocks when each was queued
+    assert seqs == sorted(seqs) and counts == sorted(counts) and 0 < counts[-1] <= missing
+    stopped = next(e for e in events if e["type"] == "stopped")
+    assert stopped["dropped_by_type"].get("audio") == missing
 
 
 def test_update_mid_stream(vc_server, jfk_path):

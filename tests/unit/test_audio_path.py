@@ -105,8 +105,8 @@ def test_outbox_drops_stale_droppables_never_finals():
     ob.put({"n": 1}, droppable=True)
     ob.put({"n": 2}, droppable=False)
     ob.put({"n": 3}, droppable=True)
-    assert ob.put({"n": 4}, droppable=False) == 1        # n=1 dropped
-    assert ob.put({"n": 5}, droppable=False) == 1        # n=3 dropped
+    assert ob.put({"n": 4}, droppable=False) == {"n": 1}     # n=1 dropped
+    assert ob.put({"n": 5}, droppable=False) == {"n": 3}     # n=3 dropped
     ob.put({"n": 6}, droppable=False)                    # nothing droppable left: grows up to hard
     ob.put({"n": 7}, droppable=False)
     assert len(ob) == 5
