@@ -155,7 +155,9 @@ class VoxServer:
                        "max_frames_per_second": s.max_frames_per_second, "frame_burst": s.frame_burst,
                        "idle_timeout_s": s.idle_timeout_s, "max_session_s": s.max_session_s,
                        "outbox_soft": s.outbox_soft, "outbox_hard": s.outbox_hard},
-            "load": self.admission.report(len(self.handlers)),
+            "load": {**self.admission.report(len(self.handlers)), "detached": len(self.detached),
+                     "pending": sum(1 for h in self.handlers if h.session is None),
+                     "connections": sum(self.gate.open.values()), "tasks": len(asyncio.all_tasks())},
         }
 
 

@@ -113,3 +113,77 @@ def message_frames():
         st.binary(min_size=0, max_size=2000).map(lambda b: Frame("pcm", b)),
         st.one_of(st.binary(max_size=300), st.text(max_size=300)).map(lambda b: Frame("raw", b)),
     )
+
+
+def draw_sequences(n: int, seed: int = 0, max_len: int = 25) -> list[list[Frame]]:
+    """``n`` message sequences drawn by hypothesis (shrinking off: these are replayed, not minimised),
+    reproducible from ``seed``: a valid ``start`` first half of the time, so later messages meet a
+    started stream too."""
+    from hypothesis import HealthCheck, Phase, given, seed as hseed, settings
+
+    out: list[list[Frame]] = []
+    start = Frame("msgpack", {"type": "start", "pipelines": ["vad", "vc"], "sample_rate": 16000})
+
+    @hseed(seed)
+    @settings(max_examples=n, database=None, deadline=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(st.booleans(), st.lists(message_frames(), min_size=1, max_size=max_len))
+    def collect(started, frames):
+        out.append(([start] if started else []) + frames)
+    collect()
+    return out[:n]
+
+
+async def replay(url: str, frames: list[Frame], *, read_s: float = 1.0) -> dict:
+    """Send ``frames`` on one connection (msgpack subprotocol), read what comes back for ``read_s``;
+    report the error codes, whether any was a server fault, and the close code."""
+    import asyncio
+
+    import websockets
+
+    report = {"errors": [], "server_faults": [], "close": None, "refused": None}
+    try:
+        ws = await websockets.connect(url, subprotocols=["voxserve.v1.msgpack"], compression=None,
+                                      open_timeout=20, max_size=None)
+    except websockets.InvalidStatus as exc:
+        report["refused"] = exc.response.status_code
+        return report
+
+    async def reader():
+        async for msg in ws:
+            try:
+                ev = msgpack.unpackb(msg) if isinstance(msg, bytes) else json.loads(msg)
+            except Exception:                      # noqa: BLE001 - a frame we cannot decode is itself a failure
+                report["server_faults"].append({"code": "undecodable_event"})
+                continue
+            if isinstance(ev, dict) and ev.get("type") == "error":
+                report["errors"].append(ev.get("code"))
+                if ev.get("fault") == "server" and ev.get("code") not in ("server_busy", "shutting_down"):
+                    report["server_faults"].append(ev)
+    task = asyncio.ensure_future(reader())
+    try:
+        for f in frames:
+            await ws.send(f.encode())
+        await asyncio.wait_for(asyncio.shield(task), read_s)
+    except (websockets.ConnectionClosed, asyncio.TimeoutError):
+        pass
+    finally:
+        await ws.close()
+        try:
+            await asyncio.wait_for(task, 5)
+        except (asyncio.TimeoutError, websockets.ConnectionClosed):
+            task.cancel()
+    report["close"] = ws.close_code
+    return report
+
+
+async def fuzz_server(url: str, sequences: list[list[Frame]], concurrency: int) -> list[dict]:
+    """Replay every sequence against a live server, ``concurrency`` connections at a time."""
+    import asyncio
+
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(seq):
+        async with sem:
+            return await replay(url, seq)
+    return await asyncio.gather(*(one(s) for s in sequences))

@@ -134,9 +134,17 @@ class VcStream(StageStream):
         self.limit: int | None = None           # at the end: total 16 kHz samples to return
         self.closed = False
         self.last_budget_event = 0.0
+        self.pending_updates: list[tuple[int, dict]] = []     # (16 kHz input position, options) not yet in force
 
     def on_update(self, options: dict) -> None:
-        self.opts.update(options)
+        """Options take effect at the stream position where the update arrived: blocks of earlier audio
+        not yet converted (a client sending faster than real time) keep the options they were sent with."""
+        self.pending_updates.append((self.ctx.ring.end, dict(options)))
+        self._apply_updates(self.next_block)
+
+    def _apply_updates(self, block: int) -> None:
+        while self.pending_updates and self.pending_updates[0][0] <= block * BLOCK:
+            self.opts.update(self.pending_updates.pop(0)[1])
 
     def on_audio(self, end: int, vad_events: list[VadEvent]) -> None:
         now = self.ctx.clock()
@@ -166,6 +174,7 @@ class VcStream(StageStream):
         while not self.closed and self.inflight is None and self.next_block < self._ready_blocks() \
                 and not self._paused():
             b = self.next_block
+            self._apply_updates(b)
             arrival = self.arrivals.get(b, self.ctx.clock())
             deadline = arrival + self.opts["budget_ms"] / 1000.0
             block_end = (b + 1) * BLOCK

@@ -12,11 +12,10 @@ import msgpack
 import pytest
 import websockets
 
-from voxserve.clients.audiofile import load_audio
 from voxserve.server.protocol import SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK
 
 from ..conftest import start_server
-from .helpers import Neighbour, loop_source, stream, vad_events
+from .helpers import Neighbour, stream, vad_events, voiced_source
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +32,8 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def neighbour(server, jfk_path):
-    source = loop_source(jfk_path, 2)          # 22 s at real time: outlives every test below
+def neighbour(server):
+    source = voiced_source(24.0, seed=11)      # generated: runs without ../shared; outlives every test below
     reference = vad_events(stream(server.url, source, speed=0, frame_ms=300))   # VAD is chunking-invariant
     n = Neighbour(server.url, source, speed=1.0)
     time.sleep(0.3)
@@ -152,8 +151,8 @@ def test_odd_length_pcm_closes_1007(server, neighbour):
     check_neighbour(neighbour, server)
 
 
-def test_flood_closes_1008_after_delivering_earned_finals(server, neighbour, jfk_path):
-    src = load_audio(jfk_path)
+def test_flood_closes_1008_after_delivering_earned_finals(server, neighbour):
+    src = voiced_source(8.0, seed=4)
     frames = list(src.frames(20))
 
     async def go():
@@ -178,8 +177,9 @@ def test_flood_closes_1008_after_delivering_earned_finals(server, neighbour, jfk
     check_neighbour(neighbour, server)
 
 
-def test_abrupt_disconnect_leaves_server_running(server, neighbour, jfk_path):
-    src = load_audio(jfk_path)
+def test_abrupt_disconnect_leaves_server_running(server, neighbour):
+    src = voiced_source(3.0, seed=6)
+    before = server.get_json("/v1/info")["load"]["streams"]
 
     async def go():
         ws = await raw(server.url)
@@ -190,8 +190,7 @@ def test_abrupt_disconnect_leaves_server_running(server, neighbour, jfk_path):
         ws.transport.abort()                          # TCP reset, no close frame
     run(go())
     time.sleep(0.3)
-    info = server.get_json("/v1/info")
-    assert info["load"]["streams"] >= 1
+    assert server.get_json("/v1/info")["load"]["streams"] == before        # the reset stream is gone
     check_neighbour(neighbour, server)
     assert "stream disconnected" in server.log()
 

@@ -114,16 +114,48 @@ def test_update_mid_stream(vc_server, jfk_path):
     src = resampled_source(jfk_path, 16000)
     frames = list(src.frames(20))
 
-    async def go():
+    async def go(start_opts, update):
         async with VoxClient.connect(vc_server.url) as c:
-            await c.start(sample_rate=16000, pipelines=["vc"], options={"vc": {"semitones": 0.0}})
+            await c.start(sample_rate=16000, pipelines=["vc"], options={"vc": start_opts})
             for i, f in enumerate(frames[:150]):
-                if i == 75:
-                    await c.update({"vc": {"semitones": 7.0, "gain_db": -6.0}})
+                if i == 75 and update:
+                    await c.update({"vc": update})
                 await c.send_audio(f)
             await c.stop()
             return [e async for e in c.events()]
-    evs = asyncio.run(go())
-    assert any(e["type"] == "updated" for e in evs)
-    pcm = np.concatenate([np.frombuffer(e["pcm"], "<i2") for e in evs if e["type"] == "audio"])
-    assert len(pcm) == 150 * 320
+    def output(evs):
+        assert any(e["type"] == "updated" for e in evs)
+        pcm = np.concatenate([np.frombuffer(e["pcm"], "<i2") for e in evs if e["type"] == "audio"])
+        assert len(pcm) == 150 * 320
+        return pcm.astype(np.float32) / 32768
+
+    x = np.frombuffer(b"".join(frames[:150]), "<i2").astype(np.float32) / 32768
+    before, after = slice(int(0.2 * 16000), int(1.4 * 16000)), slice(int(1.7 * 16000), int(3.0 * 16000))
+    # The update applies from where it was sent (frame 75 = 1.5 s), not from whatever block conversion was on.
+    # Gain alone (0 semitones is an identity): the input's level before, 6 dB below it after.
+    y = output(asyncio.run(go({"semitones": 0.0}, {"gain_db": -6.0})))
+    level = [20 * np.log10(np.sqrt(np.mean(y[s] ** 2)) / np.sqrt(np.mean(x[s] ** 2))) for s in (before, after)]
+    assert abs(level[0]) < 0.5 and abs(level[1] + 6.0) < 0.5, level
+    # Pitch alone: unchanged before, up 7 semitones (x 1.50) after, by the median F0 of voiced 40 ms frames.
+    y = output(asyncio.run(go({"semitones": 0.0}, {"semitones": 7.0})))
+    ratio = [median_f0(y[s]) / median_f0(x[s]) for s in (before, after)]
+    assert abs(ratio[0] - 1.0) < 0.06 and abs(ratio[1] - 2 ** (7 / 12)) < 0.1, ratio
+
+
+def median_f0(x: np.ndarray, rate: int = 16000) -> float:
+    """Median autocorrelation pitch (70-700 Hz) of the loud 40 ms frames of ``x``."""
+    n = int(0.04 * rate)
+    frames = [x[i:i + n] for i in range(0, len(x) - n, n // 2)]
+    loud = max(float(np.sqrt(np.mean(f ** 2))) for f in frames) * 0.3
+    f0s = []
+    for f in frames:
+        if np.sqrt(np.mean(f ** 2)) < loud:
+            continue
+        f = f - f.mean()
+        ac = np.correlate(f, f, "full")[n - 1:]
+        lo, hi = rate // 700, rate // 70
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[lag] > 0.3 * ac[0]:
+            f0s.append(rate / lag)
+    assert len(f0s) >= 5, "too few voiced frames to measure pitch"
+    return float(np.median(f0s))
