@@ -29,6 +29,7 @@ from .protocol import SUBPROTOCOLS, codec_for_subprotocol
 from .protocol.connection import ConnectionLimits, ServerConnection
 from .protocol.errors import Close, ErrorCode, ProtocolError
 from .quotas import AddressGate, AudioRate
+from .scheduler import StageFailed
 from .protocol.messages import ENCODINGS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, PROTOCOL_VERSION, Ack, AudioIn, Flush, Resume, \
     Start, Stop, Update
 from .session import Session
@@ -207,6 +208,7 @@ class StreamHandler:
         self._detached = False
         self.send_started: float | None = None     # when the writer's current send began (None: not sending)
         self.sent = 0                              # events sent on this socket
+        self._flushing: asyncio.Future | None = None   # the latest flush still delivering its finals
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -281,6 +283,8 @@ class StreamHandler:
         finally:
             writer.cancel()
             if self.session is not None and not self._detached:
+                if self._flushing is not None and not self._flushing.done():
+                    self._flushing.cancel()
                 self.session.close()
             self.server.handlers.discard(self)
             self.server.admission.release(self)
@@ -324,6 +328,8 @@ class StreamHandler:
             else:
                 log.info("stream disconnected", extra=self._log_extra)
             return
+        if self._flushing is not None:             # finals of flushes still decoding come before the end
+            await self._while_progressing(asyncio.shield(self._flushing), max(1.0, self.server.settings.drain_timeout_s))
         if self.session is not None and not self.session.overflowed:
             if not await self._while_progressing(self.session.finish(), max(1.0, self.server.settings.drain_timeout_s)):
                 log.warning("finals not delivered in time", extra=self._log_extra)
@@ -421,6 +427,8 @@ class StreamHandler:
                 if self.session is not None and (self.session.outbox.backlogged or self.session.lagging(
                         self._lag_limit_s)) and not await self._backpressure():
                     return
+            except StageFailed as exc:                # a model failed: typed, not fatal, not a disconnect
+                self._stage_failed(exc)
             except Exception as exc:                  # a bug of ours: typed error, finals, close 1011
                 log.exception("stream failed", extra=self._log_extra)
                 self._end = ProtocolError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
@@ -457,12 +465,32 @@ class StreamHandler:
                 self.session.on_update(ev.options)
                 self._queue({"type": "updated", "options": ev.options})
             elif isinstance(ev, Flush):
-                await self.session.flush()
-                self._queue({"type": "flushed", **self.session.position("at", self.session.ring.end)})
+                # The utterance ends here, now; its finals are delivered by a task, so the reader goes on
+                # reading (pings, acks, the next utterance's audio) while they decode.
+                at = self.session.position("at", self.session.ring.end)
+                drain, previous = self.session.begin_flush(), self._flushing
+                self._flushing = asyncio.ensure_future(self._complete_flush(drain, at, previous))
             elif isinstance(ev, Stop):
                 self._stopped = True
                 return False
         return True
+
+    async def _complete_flush(self, drain, at: dict, previous: asyncio.Future | None) -> None:
+        """Deliver a flush's finals, then ``flushed`` (flushes complete in order). A stage failure is a
+        typed, non-fatal ``stage_failed``; the stream goes on."""
+        if previous is not None:
+            await asyncio.wait([previous])
+        try:
+            await drain
+        except StageFailed as exc:
+            self._stage_failed(exc)
+        self._queue({"type": "flushed", **at})
+
+    def _stage_failed(self, exc: Exception) -> None:
+        err = ProtocolError(ErrorCode.STAGE_FAILED, f"a model failed for this stream: {exc}")
+        self.server.metrics.errors.labels(err.code.value).inc()
+        log.warning("stage failed", extra={**self._log_extra, "error": str(exc)[:200]})
+        self._queue_error(err)
 
     def _resume(self, ev: Resume) -> bool:
         """Reattach a dropped stream: the client learns where to resume its audio (``next_seq``) and
@@ -574,7 +602,7 @@ class StreamHandler:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                payload = encode(event)
+                payload = encode_or_explain(encode, event, self._log_extra)
                 self.send_started = time.monotonic()
                 if isinstance(payload, bytes):
                     await send({"type": "websocket.send", "bytes": payload})
@@ -610,6 +638,33 @@ class StreamHandler:
             await asyncio.wait_for(self.ws.close(code, reason), timeout=timeout)
         except Exception:
             pass
+
+
+def _finite(value):
+    """``value`` with NaN and infinities (which JSON cannot carry) replaced by None, recursively."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def encode_or_explain(encode, event: dict, log_extra: dict) -> bytes | str:
+    """Encode an event for the wire. One that cannot be encoded as it is (a NaN under the JSON
+    subprotocol, say) goes with non-finite numbers as null; if it still cannot, the client gets a typed
+    ``stage_failed`` error in its place, with the same ``eid``: never a silently dead writer."""
+    try:
+        return encode(event)
+    except (ValueError, TypeError, OverflowError) as first:
+        log.error("event could not be encoded", extra={**log_extra, "type": event.get("type"), "error": repr(first)})
+        try:
+            return encode(_finite(event))
+        except (ValueError, TypeError, OverflowError) as exc:
+            err = ProtocolError(ErrorCode.STAGE_FAILED, f"a {str(event.get('type'))[:40]!r} event could not be "
+                                                        f"encoded ({type(exc).__name__}) and was replaced by this error")
+            return encode({**err.to_event(), "eid": event.get("eid")})
 
 
 def unsent_bytes(ws: WebSocket) -> int | None:

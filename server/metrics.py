@@ -22,6 +22,8 @@ class Metrics:
                                       registry=r)
         self.backpressure = Counter("voxserve_backpressure_total", "times a stream's input was paused until its "
                                     "client read its events", registry=r)
+        self.engine_timeouts = Counter("voxserve_engine_timeouts_total", "engine calls the watchdog gave up on",
+                                       ["model"], registry=r)
         self.paced_seconds = Counter("voxserve_audio_paced_seconds_total", "time readers waited to keep streams "
                                      "within their audio-rate quota", registry=r)
         self.errors = Counter("voxserve_errors_total", "errors reported to clients", ["code"], registry=r)

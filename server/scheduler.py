@@ -11,6 +11,8 @@ time): ``run_late`` runs it anyway and marks it late (finals are never dropped);
 as skipped without running (the stage then does its fallback: drop a stale partial, pass audio
 through unconverted). Failures: if ``run_batch`` raises, every request of that batch fails with
 :class:`StageFailed` (nobody hangs); if it returns an ``Exception`` in one slot, only that request fails.
+Watchdog: a call that runs longer than ``timeout_s`` fails its requests with :class:`StageFailed`; its
+thread is abandoned (a Python thread cannot be killed) and the scheduler goes on with a fresh one.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class _Request:
 class BatchScheduler:
     def __init__(self, name: str, run_batch: Callable[[list[Any]], Sequence[Any]], *, max_batch: int = 32,
                  max_wait_s: float = 0.002, max_inflight: int = 1, metrics: Any = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, timeout_s: float | None = None):
         if max_batch < 1 or max_inflight < 1 or max_wait_s < 0:
             raise ValueError("max_batch and max_inflight must be >= 1, max_wait_s >= 0")
         self.name = name
@@ -70,6 +72,8 @@ class BatchScheduler:
         self.max_inflight = max_inflight
         self.metrics = metrics
         self.clock = clock
+        self.timeout_s = timeout_s
+        self.hung_calls = 0
         self._heap: list[_Request] = []
         self._seq = itertools.count()
         self._executor = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix=f"engine-{name}")
@@ -175,7 +179,13 @@ class BatchScheduler:
         start = self.clock()
         payloads = [r.payload for r in batch]
         try:
-            results, compute = await loop.run_in_executor(self._executor, _timed, self.run_batch, payloads)
+            call = loop.run_in_executor(self._executor, _timed, self.run_batch, payloads)
+            try:
+                results, compute = await asyncio.wait_for(asyncio.shield(call), self.timeout_s) \
+                    if self.timeout_s else await call
+            except asyncio.TimeoutError:
+                self._abandon_executor()
+                raise StageFailed(f"{self.name}: engine call did not finish in {self.timeout_s:g} s") from None
             if len(results) != len(batch):
                 raise StageFailed(f"{self.name}: run_batch returned {len(results)} results for {len(batch)} inputs")
         except Exception as exc:
@@ -200,6 +210,16 @@ class BatchScheduler:
             else:
                 r.future.set_result(Outcome(res, start - r.enqueued, compute, len(batch), late=end > r.deadline,
                                             share=r.weight / total_weight))
+
+    def _abandon_executor(self) -> None:
+        """The watchdog fired: leave the stuck thread to itself, run later batches on a new one."""
+        self.hung_calls += 1
+        stuck = self._executor
+        self._executor = ThreadPoolExecutor(max_workers=self.max_inflight,
+                                            thread_name_prefix=f"engine-{self.name}-{self.hung_calls}")
+        stuck.shutdown(wait=False, cancel_futures=True)
+        if self.metrics is not None:
+            self.metrics.engine_timeouts.labels(self.name).inc()
 
     def utilisation(self, window_s: float = 2.0) -> float:
         """Fraction of the last ``window_s`` seconds the executor spent in engine calls (per thread)."""

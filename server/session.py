@@ -200,6 +200,12 @@ class Session:
 
     async def flush(self) -> None:
         """Force end of utterance: VAD closes its segment, stages emit their finals."""
+        await self.begin_flush()
+
+    def begin_flush(self):
+        """End the utterance at the audio received so far, now: VAD closes its segment and each stage
+        closes its utterance (synchronously, so audio that arrives later belongs to the next one). Returns
+        the awaitable that delivers the finals; the reader need not wait for it."""
         now = self.clock()
         events = self.vad.flush() if self.vad is not None else []
         self._emit_vad(events, now, now, now)
@@ -207,9 +213,14 @@ class Session:
         try:
             for stream in self.streams.values():
                 stream.on_audio(self.ring.end, events)
-                await stream.flush()
+                stream.close_utterance()
         finally:
             self.ctx.ending = None
+        return self._drain_flush()
+
+    async def _drain_flush(self) -> None:
+        for stream in list(self.streams.values()):
+            await stream.flush()
 
     async def finish(self) -> None:
         """End of stream: drain the resampler tail, close segments, deliver all finals."""

@@ -38,6 +38,11 @@ class Settings:
     intra_op_threads: int = field(default=1, metadata={"doc": "ONNX Runtime threads per engine call"})
     max_batch: int = field(default=32, metadata={"doc": "largest batch per engine call"})
     max_wait_ms: float = field(default=2.0, metadata={"doc": "time the batcher waits for more requests"})
+    engine_timeout_s: float = field(default=10.0, metadata={"doc": "watchdog: an engine call running longer "
+                                                                   "fails its requests (stage_failed) and the "
+                                                                   "stage goes on with a fresh worker thread"})
+    inject_faults: str = field(default="", metadata={"doc": "testing aid: MODEL:raise:N (every Nth batch of MODEL "
+                                                            "raises) or MODEL:hang:N (the Nth hangs), comma list"})
     engine_delay_ms: float = field(default=0.0, metadata={"doc": "testing aid: add this much time to every "
                                                                  "engine batch (simulates an overloaded engine)"})
     admission: bool = field(default=True, metadata={"doc": "refuse streams when measured capacity is exhausted"})
@@ -92,6 +97,12 @@ class Settings:
                 problems.append(f"{name} must be > 0")
         if self.max_wait_ms < 0 or self.drain_timeout_s < 0 or self.resume_grace_s < 0:
             problems.append("max_wait_ms and drain_timeout_s must be >= 0")
+        if self.engine_timeout_s <= 0:
+            problems.append("engine_timeout_s must be > 0")
+        try:
+            parse_faults(self.inject_faults)
+        except ValueError as exc:
+            problems.append(str(exc))
         if self.max_detached < 0:
             problems.append("max_detached must be >= 0")
         if self.token_ttl_s > self.token_max_ttl_s:
@@ -196,3 +207,14 @@ def _parse(f: dataclasses.Field, raw: str) -> Any:
         return kind(raw)
     except ValueError:
         raise ValueError(f"VOXSERVE_{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def parse_faults(spec: str) -> dict[str, tuple[str, int]]:
+    """``"vc:raise:5,asr:hang:2"`` -> ``{"vc": ("raise", 5), "asr": ("hang", 2)}`` (the testing aid)."""
+    out: dict[str, tuple[str, int]] = {}
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        parts = item.split(":")
+        if len(parts) != 3 or parts[1] not in ("raise", "hang") or not parts[2].isdigit() or int(parts[2]) < 1:
+            raise ValueError(f"inject_faults: {item!r} is not MODEL:raise:N or MODEL:hang:N (N >= 1)")
+        out[parts[0]] = (parts[1], int(parts[2]))
+    return out

@@ -84,11 +84,12 @@ class AsrStage(Stage):
         self.metrics = metrics
         self.admission = admission
         self.model = model or MoonshineModel(settings.engine, settings.intra_op_threads)
-        run = with_test_delay(self._run, settings)
+        run = with_test_delay(self._run, settings, "asr")
         # Two batches in flight (ONNX Runtime sessions may run concurrently): a final never waits behind
         # a long interim decode that is already running.
         self.schedulers = {"asr": BatchScheduler("asr", run, max_batch=settings.max_batch, max_inflight=2,
-                                                 max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics)}
+                                                 max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics,
+                                  timeout_s=settings.engine_timeout_s)}
 
     def _run(self, items: list[np.ndarray]):
         # 0.25 s buckets: streams whose segments are within 0.25 s of each other share encoder and
@@ -386,9 +387,12 @@ class AsrStream(StageStream):
         while self.pending:
             await asyncio.gather(*list(self.pending), return_exceptions=True)
 
-    async def flush(self) -> None:
+    def close_utterance(self) -> None:
         if self.seg is not None:
             self._close(self.ctx.ring.end, "flush")
+
+    async def flush(self) -> None:
+        self.close_utterance()
         await self._drain()
 
     async def finish(self) -> None:

@@ -31,16 +31,34 @@ class StreamContext:
     backlogged: Callable[[], bool] = lambda: False   # the client is behind: lossless producers should wait
 
 
-def with_test_delay(run_batch: Callable, settings) -> Callable:
-    """``run_batch`` slowed by ``settings.engine_delay_ms`` (the overload-testing aid), or unchanged."""
-    delay = getattr(settings, "engine_delay_s", 0.0)
-    if not delay:
-        return run_batch
+class InjectedFault(RuntimeError):
+    """Raised by an engine call that ``--inject-faults`` told to fail (testing aid)."""
 
-    def slowed(items):
-        time.sleep(delay)
+
+def with_test_delay(run_batch: Callable, settings, model: str = "") -> Callable:
+    """``run_batch`` with the testing aids applied: slowed by ``settings.engine_delay_ms``, and failing as
+    ``settings.inject_faults`` says for ``model`` (every Nth batch raises, or the Nth batch hangs for an
+    hour); unchanged when neither is set."""
+    from ..settings import parse_faults
+
+    delay = getattr(settings, "engine_delay_s", 0.0)
+    fault = parse_faults(getattr(settings, "inject_faults", "") or "").get(model)
+    if not delay and fault is None:
+        return run_batch
+    calls = [0]
+
+    def wrapped(items):
+        calls[0] += 1
+        if delay:
+            time.sleep(delay)
+        if fault is not None:
+            kind, n = fault
+            if kind == "raise" and calls[0] % n == 0:
+                raise InjectedFault(f"injected fault in batch {calls[0]} of {model}")
+            if kind == "hang" and calls[0] == n:
+                time.sleep(3600.0)
         return run_batch(items)
-    return slowed
+    return wrapped
 
 
 class StageStream(abc.ABC):
@@ -62,6 +80,10 @@ class StageStream(abc.ABC):
         """Seconds of received audio this stage still has to process and must not lose (the server stops
         reading the stream's input while this is large, so the ring never overwrites pending work)."""
         return 0.0
+
+    def close_utterance(self) -> None:
+        """``flush``, synchronous part: end the current utterance at the audio received so far (called in
+        message order; audio arriving afterwards starts the next utterance)."""
 
     async def flush(self) -> None:
         """End of utterance now: emit finals for buffered work."""

@@ -79,9 +79,10 @@ class VcStage(Stage):
             raise FileNotFoundError(f"{path} missing: run `python -m voxserve.models.pitch_shift` to export it")
         self.engine = create_engine(path, settings.engine, intra_op_threads=settings.intra_op_threads,
                                     max_batch=settings.max_batch, name="pitch_shift")
-        run = with_test_delay(self._run, settings)
+        run = with_test_delay(self._run, settings, "vc")
         self.schedulers = {"vc": BatchScheduler("vc", run, max_batch=max(settings.max_batch, 64),
-                                                max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics)}
+                                                max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics,
+                                  timeout_s=settings.engine_timeout_s)}
 
     def _run(self, items: list[dict]) -> list[dict]:
         feeds = {k: np.stack([it[k] for it in items]) for k in items[0]}

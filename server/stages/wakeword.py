@@ -115,9 +115,10 @@ class WakewordStage(Stage):
             fe = WakewordFrontEnd(flavour, {n: h for n, h in heads.items() if h.flavour == flavour},
                                   settings.engine, settings.intra_op_threads, settings.wakeword_incremental)
             self.frontends[flavour] = fe
-            run = with_test_delay(fe.run_batch, settings)
+            run = with_test_delay(fe.run_batch, settings, f"wakeword-{flavour}")
             self.schedulers[flavour] = BatchScheduler(f"wakeword-{flavour}", run, max_batch=settings.max_batch,
-                                                      max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics)
+                                                      max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics,
+                                  timeout_s=settings.engine_timeout_s)
         log.info("wakeword heads loaded", extra={"heads": {n: f"{h.flavour}/N={h.n_embeddings}"
                                                            for n, h in heads.items()}})
 
