@@ -747,6 +747,24 @@ def create_app(settings: Settings | None = None, stages: dict[str, Stage] | None
     async def info(request: Request) -> Response:
         return JSONResponse(vox.info())
 
+    memory_baseline: list = []
+
+    @guarded
+    async def debug_memory(request: Request) -> Response:
+        """``--tracemalloc`` only: the 15 allocation sites that grew most since the first call (KiB)."""
+        import tracemalloc
+
+        if not tracemalloc.is_tracing():
+            return JSONResponse({"error": "start the server with --tracemalloc"}, status_code=404)
+        snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        if not memory_baseline:
+            memory_baseline.append(snap)
+        stats = snap.compare_to(memory_baseline[0], "lineno")[:15]
+        current, peak = tracemalloc.get_traced_memory()
+        return JSONResponse({"traced_kib": round(current / 1024, 1), "peak_kib": round(peak / 1024, 1),
+                             "top_growth": [{"where": str(st.traceback[0]), "kib": round(st.size_diff / 1024, 1),
+                                             "count": st.count_diff} for st in stats]})
+
     async def tokens(request: Request) -> Response:
         """``POST /v1/tokens`` (API key required): a short-lived JWT for a browser page.
         Body (JSON, optional): ``ttl_s`` (<= --token-max-ttl-s), ``pipelines`` (a subset)."""
@@ -799,6 +817,7 @@ def create_app(settings: Settings | None = None, stages: dict[str, Stage] | None
         WebSocketRoute("/v1/stream", stream_endpoint),
         Route("/v1/info", info),
         Route("/v1/tokens", tokens, methods=["POST"]),
+        Route("/v1/debug/memory", debug_memory),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
@@ -810,6 +829,10 @@ def create_app(settings: Settings | None = None, stages: dict[str, Stage] | None
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
+        if settings.tracemalloc:
+            import tracemalloc
+
+            tracemalloc.start(1)
         await vox.startup()
         try:
             yield

@@ -65,6 +65,12 @@ class RingBuffer:
         self._buf = np.zeros(self.capacity, np.float32)
         self.end = 0
 
+    def release(self) -> None:
+        """Free the buffer now (the stream ended; its session may live on a while in reference cycles
+        until the garbage collector's next full pass). Later appends are ignored and reads fail."""
+        self._buf = np.zeros(0, np.float32)
+        self.capacity = 0
+
     @property
     def start(self) -> int:
         """Oldest readable absolute index."""
@@ -72,7 +78,7 @@ class RingBuffer:
 
     def append(self, x: np.ndarray) -> None:
         n = int(x.shape[0])
-        if n == 0:
+        if n == 0 or self.capacity == 0:
             return
         if n >= self.capacity:
             x = x[-self.capacity:]
@@ -94,6 +100,8 @@ class RingBuffer:
         pad = 0
         if start < 0:
             pad, start = -start, 0
+        if self.capacity == 0:
+            raise IndexError("the stream has ended: its audio was released")
         if start < self.start:
             raise IndexError(f"samples from {start} are overwritten (oldest kept is {self.start})")
         n = stop - start

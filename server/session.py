@@ -241,3 +241,8 @@ class Session:
         self.closed = True
         for stream in self.streams.values():
             stream.close()
+        # Sessions sit in reference cycles (context -> bound emit -> session): free the big parts now
+        # instead of at the cyclic collector's next full pass.
+        self.ring.release()
+        self.retained.clear()
+        self.outbox = Outbox(self.outbox.soft, self.outbox.hard)

@@ -43,6 +43,8 @@ class Settings:
                                                                    "stage goes on with a fresh worker thread"})
     inject_faults: str = field(default="", metadata={"doc": "testing aid: MODEL:raise:N (every Nth batch of MODEL "
                                                             "raises) or MODEL:hang:N (the Nth hangs), comma list"})
+    tracemalloc: bool = field(default=False, metadata={"doc": "testing aid: trace allocations; GET "
+                                                              "/v1/debug/memory shows the top growth"})
     engine_delay_ms: float = field(default=0.0, metadata={"doc": "testing aid: add this much time to every "
                                                                  "engine batch (simulates an overloaded engine)"})
     admission: bool = field(default=True, metadata={"doc": "refuse streams when measured capacity is exhausted"})
