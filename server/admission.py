@@ -6,22 +6,29 @@ Two measurements, both taken from the work the server actually did:
 - per pipeline, the **marginal cost of one real-time stream**: engine seconds per second of audio,
   where a batch's time is shared among its requests by weight (an 80 ms wakeword step weighs 1).
 
-A new stream is refused (``server_busy``, close 1013) when, for any pipeline it asks for, the
-utilisation of that pipeline's busiest scheduler plus the stream's marginal cost would exceed the
-target utilisation (0.8 of one executor thread), i.e. when admitting it would push an engine past the
-point where queues, and so budgets, stop being stable. A pipeline is judged only after 20
-measurements; until then only the static ``max_sessions`` limit applies to it.
+A new stream is refused (``server_busy``, close 1013) when either
+- for any pipeline it asks for, the utilisation of that pipeline's busiest scheduler, plus the cost of
+  streams admitted to it but not yet visible in that utilisation (admitted within the 2 s window), plus
+  the new stream's marginal cost, would exceed the target (0.8 of one executor thread); or
+- for the whole machine, the engine threads' busy time summed over every scheduler (in cores), plus the
+  not-yet-measured streams' costs, plus the new stream's cost over all its pipelines, would exceed 0.8 of
+  the machine's cores (four engine threads on two cores are not four cores).
+That is the point past which queues, and so budgets, stop being stable. A pipeline is judged only
+after 20 measurements; until then only the static ``max_sessions`` limit applies to it.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import time
+from collections import deque
+from typing import Any, Callable
 
 from .protocol.errors import ErrorCode, ProtocolError
 
 TARGET_UTILISATION = 0.8
 MIN_SAMPLES = 20
+WINDOW_S = 2.0          # the utilisation window: streams admitted more recently are not in it yet
 
 
 class CostModel:
@@ -41,10 +48,13 @@ class CostModel:
 
 
 class Admission:
-    def __init__(self, settings: Any, metrics: Any, cores: float | None = None):
+    def __init__(self, settings: Any, metrics: Any, cores: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.settings = settings
         self.metrics = metrics
         self.cores = cores if cores is not None else float(len(os.sched_getaffinity(0)))
+        self.clock = clock
+        self._recent: deque[tuple[float, dict[str, float]]] = deque()   # (admitted at, cost per pipeline)
         self.costs: dict[str, CostModel] = {}
         self.schedulers: dict[str, list] = {}          # pipeline -> its BatchSchedulers
         self.streams: dict[object, tuple[str, ...]] = {}
@@ -67,18 +77,44 @@ class Admission:
     def utilisation(self, pipeline: str) -> float:
         return max((s.utilisation() for s in self.schedulers.get(pipeline, [])), default=0.0)
 
+    def machine_busy(self) -> float:
+        """Cores' worth of engine work: each scheduler's utilisation times its threads, summed."""
+        return sum(s.utilisation() * getattr(s, "max_inflight", 1) for group in self.schedulers.values()
+                   for s in group)
+
+    def unmeasured(self) -> dict[str, float]:
+        """Per pipeline, the cost of streams admitted within the utilisation window (not in it yet)."""
+        now = self.clock()
+        while self._recent and now - self._recent[0][0] > WINDOW_S:
+            self._recent.popleft()
+        out: dict[str, float] = {}
+        for _, costs in self._recent:
+            for p, c in costs.items():
+                out[p] = out.get(p, 0.0) + c
+        return out
+
     def admit(self, handler: object, config: Any) -> ProtocolError | None:
         if self.settings.admission:
-            for p in config.pipelines:
-                cost = self.marginal(p)
-                if cost is None:
-                    continue
-                util = self.utilisation(p)
+            costs = {p: c for p in config.pipelines if (c := self.marginal(p)) is not None}
+            pending = self.unmeasured()
+            for p, cost in costs.items():
+                util = self.utilisation(p) + pending.get(p, 0.0)
                 if util + cost > TARGET_UTILISATION:
                     return ProtocolError(
                         ErrorCode.SERVER_BUSY,
-                        f"measured capacity exhausted for {p}: engine utilisation {util:.2f}, one more stream "
-                        f"adds ~{cost:.2f}, limit {TARGET_UTILISATION}. Retry later or on another server")
+                        f"measured capacity exhausted for {p}: engine utilisation {util:.2f} (streams just "
+                        f"admitted included), one more stream adds ~{cost:.2f}, limit {TARGET_UTILISATION}. "
+                        "Retry later or on another server")
+            busy = self.machine_busy() + sum(pending.values())
+            need = sum(costs.values())
+            if costs and busy + need > TARGET_UTILISATION * self.cores:
+                return ProtocolError(
+                    ErrorCode.SERVER_BUSY,
+                    f"the machine's engines are busy: {busy:.2f} of {self.cores:g} cores in use, one more stream "
+                    f"needs ~{need:.2f}, limit {TARGET_UTILISATION * self.cores:.2f}. Retry later or on another "
+                    "server")
+            if costs:
+                self._recent.append((self.clock(), costs))
         self.streams[handler] = tuple(config.pipelines)
         return None
 
@@ -87,7 +123,8 @@ class Admission:
 
     def report(self, open_streams: int) -> dict:
         out: dict[str, Any] = {"streams": open_streams, "cores": self.cores, "admission": bool(self.settings.admission),
-                               "target_utilisation": TARGET_UTILISATION, "pipelines": {}}
+                               "target_utilisation": TARGET_UTILISATION, "machine_busy_cores":
+                               round(self.machine_busy(), 3), "pipelines": {}}
         for p in sorted(set(self.costs) | set(self.schedulers)):
             util = self.utilisation(p)
             cost = self.marginal(p)

@@ -1,0 +1,75 @@
+"""Admission from measured capacity (pure: fake schedulers with set utilisations, an explicit clock)."""
+
+from types import SimpleNamespace
+
+from voxserve.server.admission import MIN_SAMPLES, TARGET_UTILISATION, WINDOW_S, Admission
+from voxserve.server.protocol.errors import ErrorCode
+
+
+class FakeScheduler:
+    def __init__(self, util: float, threads: int = 1):
+        self.util, self.max_inflight = util, threads
+
+    def utilisation(self) -> float:
+        return self.util
+
+
+def admission(cores=2.0, **scheds):
+    clock = [100.0]
+    adm = Admission(SimpleNamespace(admission=True), None, cores=cores, clock=lambda: clock[0])
+    for name, group in scheds.items():
+        adm.register(name, group)
+    return adm, clock
+
+
+def measured(adm, pipeline, cost):
+    model = adm.cost_model(pipeline)
+    for _ in range(MIN_SAMPLES):
+        model.observe(cost, 1.0)
+
+
+def cfg(*pipelines):
+    return SimpleNamespace(pipelines=pipelines)
+
+
+def test_unmeasured_pipelines_are_admitted():
+    adm, _ = admission(asr=[FakeScheduler(0.95)])
+    assert adm.admit(object(), cfg("vad", "asr")) is None        # fewer than MIN_SAMPLES: not judged yet
+
+
+def test_pipeline_refused_when_its_engine_would_pass_the_target():
+    adm, _ = admission(asr=[FakeScheduler(0.7)])
+    measured(adm, "asr", 0.05)
+    assert adm.admit(object(), cfg("vad", "asr")) is None        # 0.7 + 0.05 <= 0.8
+    adm.schedulers["asr"][0].util = 0.76
+    err = adm.admit(object(), cfg("vad", "asr"))
+    assert err is not None and err.code is ErrorCode.SERVER_BUSY and "asr" in err.message
+
+
+def test_streams_admitted_but_not_yet_measured_count():
+    """Ten streams arriving at once: utilisation has not moved yet, but their costs are counted, so the
+    burst stops at the target instead of all being admitted."""
+    adm, clock = admission(asr=[FakeScheduler(0.0)])
+    measured(adm, "asr", 0.1)
+    admitted = sum(adm.admit(object(), cfg("asr")) is None for _ in range(10))
+    assert admitted == int(TARGET_UTILISATION / 0.1)              # 8, not 10
+    clock[0] += WINDOW_S + 0.1                                     # later: utilisation tells the truth
+    assert adm.admit(object(), cfg("asr")) is None
+
+
+def test_whole_machine_counts_every_pipeline_and_thread():
+    """Each pipeline alone is under its own target, but four busy engine threads on two cores are not."""
+    adm, _ = admission(cores=2.0, asr=[FakeScheduler(0.5, threads=2)], vc=[FakeScheduler(0.45)],
+                       wakeword=[FakeScheduler(0.2)])
+    for p in ("asr", "vc", "wakeword"):
+        measured(adm, p, 0.05)
+    assert abs(adm.machine_busy() - 1.65) < 1e-9                  # 0.5*2 + 0.45 + 0.2 cores
+    err = adm.admit(object(), cfg("asr", "vc"))                   # 1.65 + 0.1 > 1.6
+    assert err is not None and "machine" in err.message
+    adm.schedulers["vc"][0].util = 0.3
+    assert adm.admit(object(), cfg("wakeword")) is None           # 1.5 + 0.05 <= 1.6
+
+
+def test_report_shows_machine_load():
+    adm, _ = admission(asr=[FakeScheduler(0.25, threads=2)])
+    assert adm.report(3)["machine_busy_cores"] == 0.5
