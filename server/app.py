@@ -24,6 +24,7 @@ from . import __version__
 from .admission import Admission
 from .auth import ANONYMOUS, Authenticator, OriginPolicy, Principal, find_credential, forbidden, parse_origins
 from .metrics import Metrics
+from .openai_api import routes as openai_routes
 from .outbox import Outbox
 from .protocol import SUBPROTOCOLS, codec_for_subprotocol
 from .protocol.connection import ConnectionLimits, ServerConnection
@@ -818,6 +819,7 @@ def create_app(settings: Settings | None = None, stages: dict[str, Stage] | None
         Route("/v1/info", info),
         Route("/v1/tokens", tokens, methods=["POST"]),
         Route("/v1/debug/memory", debug_memory),
+        *openai_routes(vox),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),

@@ -67,6 +67,10 @@ class Settings:
     ssl_certfile: str = field(default="", metadata={"doc": "TLS certificate (PEM): serve https/wss"})
     ssl_keyfile: str = field(default="", metadata={"doc": "TLS private key (PEM)"})
     ssl_ca_certs: str = field(default="", metadata={"doc": "CA bundle: require client certificates signed by it"})
+    max_upload_bytes: int = field(default=100 * 1024 * 1024, metadata={"doc": "largest file accepted by "
+                                                                            "POST /v1/audio/transcriptions"})
+    max_upload_s: float = field(default=3 * 3600.0, metadata={"doc": "longest audio accepted by "
+                                                                   "POST /v1/audio/transcriptions (seconds)"})
     # -- quotas ---------------------------------------------------------------------------------------
     max_audio_rate: float = field(default=4.0, metadata={"doc": "seconds of audio accepted per wall-clock second "
                                                                 "per stream (a JWT audio_rate claim overrides); "
@@ -89,12 +93,12 @@ class Settings:
         if not (0 <= self.port <= 65535):
             problems.append(f"port {self.port} outside 0..65535")
         for name in ("max_sessions", "max_message_bytes", "frame_burst", "outbox_soft", "outbox_hard", "max_batch",
-                     "intra_op_threads", "max_connections_per_ip", "handshake_burst"):
+                     "intra_op_threads", "max_connections_per_ip", "handshake_burst", "max_upload_bytes"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
         for name in ("max_frames_per_second", "idle_timeout_s", "max_session_s", "ring_seconds", "token_ttl_s",
                      "token_max_ttl_s", "max_audio_rate", "audio_burst_s", "handshakes_per_ip_per_s",
-                     "start_timeout_s"):
+                     "start_timeout_s", "max_upload_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")
         if self.max_wait_ms < 0 or self.drain_timeout_s < 0 or self.resume_grace_s < 0:
