@@ -55,6 +55,8 @@ class VoxServer:
         for name, st in self.stages.items():
             self.admission.register(name, list(getattr(st, "schedulers", {}).values()))
         self.handlers: set[StreamHandler] = set()
+        self.wyoming: set = set()                     # open Wyoming connections
+        self._wyoming_server = None
         self.detached: dict[str, Session] = {}        # dropped streams kept for resume (oldest first)
         self.auth = Authenticator(settings.api_key_list, settings.jwt_secret or None,
                                   Path(settings.jwt_public_key).read_text() if settings.jwt_public_key else None,
@@ -72,6 +74,10 @@ class VoxServer:
         for stage in self.stages.values():
             await stage.start()
         self._housekeeper = asyncio.create_task(self._housekeeping())
+        if self.settings.wyoming_port:
+            from .wyoming.server import start_wyoming
+
+            self._wyoming_server = await start_wyoming(self)
         self.ready = True
         log.info("ready", extra={"pipelines": list(self.schemas), "version": __version__,
                                  "auth": "required" if self.auth.required else "off"})
@@ -81,6 +87,8 @@ class VoxServer:
 
     async def shutdown(self) -> None:
         await self.drain()
+        if self._wyoming_server is not None:
+            self._wyoming_server.close()
         if self._housekeeper:
             self._housekeeper.cancel()
         for stage in self.stages.values():
@@ -141,7 +149,8 @@ class VoxServer:
         live = sum(1 for h in self.handlers if h.session is not None and not h._detached
                    and (principal is None or h.principal.name == principal))
         kept = sum(1 for sess in self.detached.values() if principal is None or sess.principal == principal)
-        return live + kept
+        wyoming = sum(1 for c in self.wyoming if c.session is not None) if principal is None else 0
+        return live + kept + wyoming
 
     def info(self) -> dict:
         s = self.settings

@@ -71,6 +71,10 @@ class Settings:
                                                                             "POST /v1/audio/transcriptions"})
     max_upload_s: float = field(default=3 * 3600.0, metadata={"doc": "longest audio accepted by "
                                                                    "POST /v1/audio/transcriptions (seconds)"})
+    wyoming_port: int = field(default=0, metadata={"doc": "serve the Wyoming protocol (Home Assistant) on this "
+                                                         "TCP port (0 = off; 10400 is the usual)"})
+    wyoming_host: str = field(default="127.0.0.1", metadata={"doc": "address for the Wyoming port (it has no "
+                                                                   "credentials: loopback or a trusted network)"})
     # -- quotas ---------------------------------------------------------------------------------------
     max_audio_rate: float = field(default=4.0, metadata={"doc": "seconds of audio accepted per wall-clock second "
                                                                 "per stream (a JWT audio_rate claim overrides); "
@@ -92,6 +96,8 @@ class Settings:
         problems = []
         if not (0 <= self.port <= 65535):
             problems.append(f"port {self.port} outside 0..65535")
+        if not (0 <= self.wyoming_port <= 65535):
+            problems.append(f"wyoming_port {self.wyoming_port} outside 0..65535")
         for name in ("max_sessions", "max_message_bytes", "frame_burst", "outbox_soft", "outbox_hard", "max_batch",
                      "intra_op_threads", "max_connections_per_ip", "handshake_burst", "max_upload_bytes"):
             if getattr(self, name) < 1:
