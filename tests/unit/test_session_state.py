@@ -1,0 +1,153 @@
+"""Per-stream state without sockets: the Session (event ids, retention, ack, resume, overflow, flush, close)
+and the ASR stream's state machine (speculative finals, stable prefix, flush, order of finals), on the
+real Session, VAD and BatchScheduler with a deterministic fake model in place of Moonshine."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from voxserve.server.asr.moonshine import Hypothesis
+from voxserve.server.metrics import Metrics
+from voxserve.server.protocol import Codec, SUBPROTOCOL_MSGPACK, ServerConnection
+from voxserve.server.session import Session
+from voxserve.server.stages.asr import ASR_SCHEMA, AsrStage
+from voxserve.server.vad import VAD_SCHEMA
+
+from ..e2e.helpers import voiced_signal
+
+
+def config(pipelines=("vad",), options=None, schemas=None):
+    schemas = schemas or {"vad": VAD_SCHEMA, "asr": ASR_SCHEMA}
+    conn = ServerConnection(Codec(SUBPROTOCOL_MSGPACK), schemas)
+    conn.receive(Codec(SUBPROTOCOL_MSGPACK).encode({"type": "start", "pipelines": list(pipelines),
+                                                    "options": options or {}}), 0.0)
+    return conn.config
+
+
+def session(stages=None, **kw):
+    args = dict(ring_seconds=30, outbox_soft=8, outbox_hard=32)
+    args.update(kw)
+    return Session(config(tuple(stages or ()) or ("vad",)), stages or {}, Metrics(), **args)
+
+
+def test_events_get_ids_finals_are_retained_until_acked_and_replayed_on_resume():
+    s = session()
+    for i in range(3):
+        s.emit({"type": "vad", "n": i})
+    s.emit({"type": "transcript_interim", "n": 99})                 # droppable: never retained
+    assert [ev["eid"] for _, ev in s.retained] == [0, 1, 2]
+    s.ack(1)
+    assert [eid for eid, _ in s.retained] == [2]
+    s.detach(now=5.0)
+    s.emit({"type": "vad", "n": 3})                                  # produced while detached
+    replay = s.attach(lambda: None, lambda: None, last_eid=1)
+    assert [ev["n"] for ev in replay] == [2, 3] and s.detached_at is None
+
+
+def test_overflow_is_reported_once_and_nothing_more_is_queued():
+    calls = []
+    s = session(outbox_soft=2, outbox_hard=4)
+    s._on_overflow = lambda: calls.append(1)
+    for i in range(10):
+        s.emit({"type": "vad", "n": i})
+    assert s.overflowed and calls == [1] and len(s.outbox) == 4
+
+
+def test_begin_flush_closes_the_utterance_at_once():
+    s = session()
+    x = voiced_signal(2.0, seed=1)
+    s.on_audio(SimpleNamespace(samples=x[:12000], start=0, received_at=0.0))    # mid-burst: speech open
+    assert s.vad.in_speech
+    drain = s.begin_flush()
+    ends = [ev for ev in (s.outbox.pop() for _ in range(len(s.outbox))) if ev["event"] == "speech_end"]
+    assert len(ends) == 1 and not s.vad.in_speech                   # closed before the drain is awaited
+    asyncio.run(drain)
+
+
+def test_close_releases_the_ring_and_is_idempotent():
+    s = session()
+    s.on_audio(SimpleNamespace(samples=np.zeros(1600, np.float32), start=0, received_at=0.0))
+    s.close()
+    s.close()
+    assert s.ring.capacity == 0 and not s.retained
+    s.ring.append(np.ones(10, np.float32))                           # ignored after release
+    with pytest.raises(IndexError):
+        s.ring.read(0, 10)
+
+
+class FakeModel:
+    """Deterministic 'transcripts': one word per 0.25 s of audio, named by position, so a longer decode
+    of the same segment extends a shorter one (like a real model on growing audio)."""
+
+    name = "fake"
+
+    def __init__(self):
+        self.calls = []
+
+    def transcribe(self, items, bucket_samples=0):
+        self.calls.append([len(x) for x in items])
+        return [Hypothesis(list(range(len(x) // 4000)), " ".join(f"w{i}" for i in range(len(x) // 4000)))
+                for x in items]
+
+
+def asr_session(**opts):
+    settings = SimpleNamespace(engine="onnxruntime-cpu", intra_op_threads=1, max_batch=8, max_wait_ms=1.0,
+                               engine_delay_s=0.0, inject_faults="", engine_timeout_s=10.0)
+    stage = AsrStage(settings, Metrics(), model=FakeModel())
+    cfg = config(("asr",), {"asr": opts})
+    return Session(cfg, {"asr": stage}, Metrics(), ring_seconds=30, outbox_soft=256, outbox_hard=1024), stage
+
+
+async def feed(s, x, frame=320, pause=0.0):
+    for i in range(0, len(x), frame):
+        s.on_audio(SimpleNamespace(samples=x[i:i + frame], start=i, received_at=0.0))
+        await asyncio.sleep(pause)
+
+
+def drain(s):
+    return [s.outbox.pop() for _ in range(len(s.outbox))]
+
+
+def test_asr_speculative_final_stable_prefix_and_order():
+    async def go():
+        s, stage = asr_session(interim_interval_ms=200)
+        stage.schedulers["asr"].start()
+        x = np.concatenate([voiced_signal(6.0, seed=2), np.zeros(16000, np.float32)])
+        await feed(s, x, pause=0.002)
+        await s.finish()
+        await stage.stop()
+        return drain(s)
+    events = asyncio.run(go())
+    finals = [e for e in events if e["type"] == "transcript"]
+    interims = [e for e in events if e["type"] == "transcript_interim"]
+    assert finals and [f["id"] for f in finals] == list(range(len(finals)))          # in order, numbered
+    assert any(f["speculative"] for f in finals)                                     # decoded during the silence
+    assert all(f["reason"] in ("endpoint", "stop") for f in finals)
+    for a, b in zip(interims, interims[1:]):
+        if a["start_ms"] == b["start_ms"]:                                           # the same segment
+            assert b["stable_text"].startswith(a["stable_text"])                     # stable words never retract
+            assert b["text"].startswith(b["stable_text"])
+    for f in finals:                                                                 # a final extends its interims
+        same = [i for i in interims if i["start_ms"] == f["start_ms"]]
+        assert all(f["text"].startswith(i["stable_text"]) for i in same)
+
+
+def test_asr_flush_closes_the_segment_and_later_audio_starts_the_next():
+    async def go():
+        s, stage = asr_session(interims=False)
+        stage.schedulers["asr"].start()
+        x = voiced_signal(3.0, seed=3)
+        await feed(s, x[:int(1.0 * 16000)])
+        drain_flush = s.begin_flush()
+        await feed(s, x[int(1.0 * 16000):])
+        await drain_flush
+        await s.finish()
+        await stage.stop()
+        return drain(s)
+    finals = [e for e in asyncio.run(go()) if e["type"] == "transcript"]
+    assert finals[0]["reason"] == "flush" and finals[0]["end_ms"] <= 1000 + 1
+    assert all(f["start_ms"] >= 800 for f in finals[1:])           # after the flush: a new utterance
