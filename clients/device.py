@@ -48,6 +48,7 @@ class MicSession:
         self.new_frame = asyncio.Event()
         self.session_id: str | None = None
         self.resume_token = ""
+        self.restart_at = 0                 # capture frame a new stream starts from
         self.last_eid = -1
         self.acked = -1
         self.player = None
@@ -84,7 +85,7 @@ class MicSession:
                     options.setdefault("vc", {}).setdefault("delivery", "realtime")
                 ev = await client.start(sample_rate=a.rate, pipelines=pipelines, options=options,
                                         output_sample_rate=a.rate, client="voxserve-client mic")
-                self.session_id, seq = ev["session_id"], 0
+                self.session_id, seq = ev["session_id"], self.restart_at
                 self.resume_token = ev.get("resume_token", "")
             else:
                 try:
@@ -93,7 +94,11 @@ class MicSession:
                 except VoxError as exc:
                     if exc.event.get("code") != "unknown_session":
                         raise
-                    self.session_id, self.last_eid = None, -1      # expired: a new stream from now on
+                    # The server no longer has the stream (it restarted, or the grace period passed): start a
+                    # new one from the live capture position, not by re-sending audio of the lost one.
+                    print("voxserve-client: the server no longer has this stream; starting a new one",
+                          file=sys.stderr, flush=True)
+                    self.session_id, self.last_eid, self.restart_at = None, -1, self.next_frame
                     return 1006
             self.last_eid = max(self.last_eid, ev.get("eid", -1))
             self.on_event(ev)

@@ -124,8 +124,8 @@ class RunningServer:
 
 
 def start_server(tmp_path: Path, *args: str, env: dict | None = None, ready_timeout: float = 120.0,
-                 ssl_context=None) -> RunningServer:
-    port = free_port()
+                 ssl_context=None, port: int | None = None) -> RunningServer:
+    port = port or free_port()
     log_path = tmp_path / f"server-{port}.log"
     fh = open(log_path, "w")
     full_env = {**os.environ, **(env or {})}

@@ -109,3 +109,50 @@ def test_mic_client_resumes_after_a_network_drop(tmp_path, jfk_path):
     ids = [e["id"] for e in events if e["type"] == "transcript"]
     assert ids == list(range(len(ids)))                                  # nothing lost, nothing doubled
     assert out.returncode == 0, out.stderr
+
+
+def test_mic_client_starts_anew_after_the_server_is_killed_and_restarted(tmp_path):
+    """SIGKILL the server mid-stream and start it again on the same port: the device client says it
+    lost the connection, reconnects with backoff, learns its stream is gone, starts a new one from the
+    live capture position (no re-sent old audio), and ends normally."""
+    import json
+    import signal
+
+    import numpy as np
+
+    from .helpers import voiced_signal
+
+    raw = tmp_path / "capture.raw"
+    raw.write_bytes((np.clip(voiced_signal(10.0, seed=4), -1, 1) * 32767).astype("<i2").tobytes())
+    pacer = tmp_path / "pace.py"                     # a microphone: 20 ms of audio every 20 ms
+    pacer.write_text("import sys, time\nd = open(sys.argv[1], 'rb').read()\nt0 = time.time()\n"
+                     "for i in range(0, len(d), 640):\n    sys.stdout.buffer.write(d[i:i + 640]); sys.stdout.flush()\n"
+                     "    time.sleep(max(0, t0 + (i // 640 + 1) * 0.02 - time.time()))\n")
+    srv = start_server(tmp_path, "--pipelines", "vad", "--log-format", "text")
+    port = srv.port
+    exe = Path(sys.executable).parent / "voxserve-client"
+    client = subprocess.Popen([str(exe), "mic", "--url", srv.url, "--pipelines", "vad", "--json", "--no-playback",
+                               "--capture-cmd", f"{sys.executable} {pacer} {raw}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = None
+    try:
+        time.sleep(3.0)
+        srv.proc.send_signal(signal.SIGKILL)          # no drain, no close frames: the process is gone
+        srv.proc.wait(10)
+        time.sleep(1.0)
+        second = start_server(tmp_path, "--pipelines", "vad", "--log-format", "text", port=port)
+        out, err = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+        if second is not None:
+            second.stop()
+        srv.stop()
+    assert client.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    readies = [e for e in events if e["type"] == "ready"]
+    assert len(readies) == 2 and readies[0]["session_id"] != readies[1]["session_id"], err
+    assert "reconnecting" in err and "starting a new one" in err
+    assert events[-1]["type"] == "stopped"
+    # The new stream got the audio from where capture was when it started, not the lost stream's again:
+    assert events[-1]["audio_ms"] < 8500, events[-1]
