@@ -209,6 +209,7 @@ class StreamResult:
     close_reason: str | None = None
     ready: dict | None = None
     resumes: int = 0
+    restarts: int = 0             # new streams started elsewhere (server drained or lost the stream)
 
     @property
     def fatal(self) -> dict | None:
@@ -236,17 +237,21 @@ async def stream_source(url: str, source: PcmSource, *, pipelines: list[str] | t
     are dropped, so nothing is lost or doubled. ``cut_at`` (frame indices) aborts the TCP connection
     just before sending those frames: a test aid that simulates a network drop.
     """
+    import uuid
+
     result = StreamResult()
     frames = list(source.frames(frame_ms))
     cuts = sorted(set(cut_at))
-    state = {"eid": -1, "session": None, "acked": -1, "resume_token": ""}
+    state = {"eid": -1, "session": None, "acked": -1, "resume_token": "", "first": 0}
+    route = uuid.uuid4().hex         # ?session=ROUTE: a balancer sends every reconnect to the same replica
     t0 = time.perf_counter()
     backoff = 0.2
     attempts = 0
     while True:
-        finished = False
+        finished = moving = False
         try:
-            async with VoxClient.connect(url, subprotocol=subprotocol, token=token, token_via=token_via,
+            routed = url + ("&" if "?" in url else "?") + "session=" + route
+            async with VoxClient.connect(routed, subprotocol=subprotocol, token=token, token_via=token_via,
                                          ssl=ssl) as client:
                 if state["session"] is None:
                     result.ready = await client.start(
@@ -260,9 +265,18 @@ async def stream_source(url: str, source: PcmSource, *, pipelines: list[str] | t
                         on_event(result.ready)
                     if raw_frames and result.ready["config"].get("binary_frames") != "pcm":
                         raise ValueError("raw frames need binary_frames=pcm (use the json subprotocol)")
-                    next_seq = 0
+                    next_seq = state["first"]
                 else:
-                    resumed = await client.resume(state["session"], state["eid"], state["resume_token"])
+                    try:
+                        resumed = await client.resume(state["session"], state["eid"], state["resume_token"])
+                    except VoxError as exc:
+                        if exc.code != "unknown_session" or not resume:
+                            raise
+                        # The stream is gone (its server was killed): start a new one from where the old one
+                        # was known to have got to. Results already received stay; nothing is doubled.
+                        state.update(session=None, eid=-1, acked=-1, first=state.get("sent", 0))
+                        result.restarts += 1
+                        continue
                     result.resumes += 1
                     state["eid"] = max(state["eid"], resumed.get("eid", -1))
                     if on_event:
@@ -302,6 +316,7 @@ async def stream_source(url: str, source: PcmSource, *, pipelines: list[str] | t
                             if delay > 0:
                                 await asyncio.sleep(delay)
                         await client.send_audio(frames[i], raw=raw_frames)
+                        state["sent"] = i
                         if speed > 0:
                             sent_s = (i + 1) * frame_ms / 1000.0
                             delay = t0 + sent_s / speed - time.perf_counter()
@@ -316,11 +331,22 @@ async def stream_source(url: str, source: PcmSource, *, pipelines: list[str] | t
                 result.close_code = client.close_code
                 result.close_reason = client.close_reason
                 finished = result.close_code is not None and (result.close_code == 1000 or result.fatal is not None)
+                moved = result.events[-1] if result.events and result.events[-1].get("code") == "shutting_down" else None
+                if moved is not None and resume and moved.get("next_seq", len(frames)) < len(frames):
+                    # The server is draining: its finals came first; go on with a new stream elsewhere from the
+                    # first frame it did not process.
+                    state.update(session=None, eid=-1, acked=-1, first=moved["next_seq"])
+                    route = uuid.uuid4().hex
+                    result.restarts += 1
+                    result.events.pop()
+                    finished = False
+                    attempts = 0
+                    moving = True
         except (ConnectionClosed, OSError) as exc:
             if state["session"] is None:
                 raise
             result.close_code, result.close_reason = 1006, str(exc)
-        if finished or not resume or state["session"] is None or attempts >= max_reconnects:
+        if not moving and (finished or not resume or state["session"] is None or attempts >= max_reconnects):
             return result
         attempts += 1
         await asyncio.sleep(backoff)

@@ -19,6 +19,7 @@ import os
 import shlex
 import subprocess
 import sys
+import uuid
 
 from websockets.exceptions import ConnectionClosed
 
@@ -49,6 +50,7 @@ class MicSession:
         self.session_id: str | None = None
         self.resume_token = ""
         self.restart_at = 0                 # capture frame a new stream starts from
+        self.route = ""
         self.last_eid = -1
         self.acked = -1
         self.player = None
@@ -78,7 +80,10 @@ class MicSession:
         pipelines = [p for p in a.pipelines.split(",") if p]
         from .cli import ssl_context
 
-        async with VoxClient.connect(a.url, token=a.token, token_via=a.token_via, ssl=ssl_context(a)) as client:
+        if self.session_id is None:
+            self.route = uuid.uuid4().hex          # ?session=ROUTE: a balancer brings reconnects back here
+        url = a.url + ("&" if "?" in a.url else "?") + "session=" + self.route
+        async with VoxClient.connect(url, token=a.token, token_via=a.token_via, ssl=ssl_context(a)) as client:
             if self.session_id is None:
                 options = json.loads(a.options) if a.options else {}
                 if "vc" in pipelines and not a.no_playback:          # live playback: late audio is no use

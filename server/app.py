@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import uuid
 import logging
 import time
 from pathlib import Path
@@ -200,6 +201,10 @@ class StreamHandler:
         s0 = server.settings
         self.rate = AudioRate(s0.max_audio_rate, s0.audio_burst_s)
         self._lag_limit_s = min(2.0, s0.ring_seconds / 4)   # stage work pending before input is paused
+        # The routing key a balancer hashes (?session=KEY): the client's, echoed in ready; else a fresh one
+        # (then only a balancer that pins by something else brings a resume back here).
+        key = ws.query_params.get("session", "")
+        self.route = key[:128] if key and key.isascii() and key.isprintable() else uuid.uuid4().hex
         s = server.settings
         self.conn = ServerConnection(self.codec, server.schemas,
                                      ConnectionLimits(s.max_message_bytes, s.max_frames_per_second, s.frame_burst))
@@ -355,7 +360,12 @@ class StreamHandler:
                          "dropped_by_type": dict(self.session.dropped_by_type)})
         elif err is not None:
             m.errors.labels(err.code.value).inc()
-            self._queue_error(err)
+            event = err.to_event()
+            if err.code is ErrorCode.SHUTTING_DOWN and self.session is not None:
+                # Everything up to here was processed (finals above): a new stream elsewhere goes on from here.
+                event["next_seq"] = self.conn.next_seq
+                event.update(self.session.position("received", self.session.ring.end))
+            self._queue(event)
         self._wake.set()
         # Let the writer deliver everything queued, then close.
         self._closing = True
@@ -573,7 +583,7 @@ class StreamHandler:
         srv.metrics.sessions_total.labels("opened").inc()
         log.info("stream started", extra={**self._log_extra, "rate": cfg.audio.sample_rate})
         self._queue({"type": "ready", "session_id": self.session.id, "resume_token": self.session.resume_token,
-                     "principal": self.principal.name, "protocol_version": PROTOCOL_VERSION,
+                     "route": self.route, "principal": self.principal.name, "protocol_version": PROTOCOL_VERSION,
                      "subprotocol": self.codec.subprotocol, "config": cfg.to_wire(),
                      "limits": {"max_frames_per_second": s.max_frames_per_second, "frame_burst": s.frame_burst,
                                 "max_message_bytes": s.max_message_bytes,

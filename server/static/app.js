@@ -13,10 +13,14 @@ let wanted = false, backoff = 500, reconnectTimer = null;
 let resumeId = null, resumeToken = "", lastEid = -1, ackedEid = -1, sentSeq = 0;
 const replay = [];                       // [seq, ArrayBuffer], at most ~10 s
 
+// Routing key: the same on every reconnect of one stream, so a load balancer (deploy/nginx) brings a resume
+// back to the replica that holds the stream; a new key for a new stream.
+let route = null;
 function wsUrl() {
   const u = new URL(location.href);
-  const q = u.searchParams.get("ws");
-  return q || `${u.protocol === "https:" ? "wss" : "ws"}://${u.host}/v1/stream`;
+  const base = u.searchParams.get("ws") || `${u.protocol === "https:" ? "wss" : "ws"}://${u.host}/v1/stream`;
+  if (!resumeId || !route) route = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+  return base + (base.includes("?") ? "&" : "?") + "session=" + route;
 }
 // Credentials: a browser cannot set headers on a WebSocket, so a short-lived token travels as a second
 // subprotocol "voxserve.auth.<token>" (the server never echoes it). The token comes from a token URL
