@@ -9,11 +9,11 @@ PORT ?= 8000
 .PHONY: setup system-deps serve test bench-transport clean
 
 # Debian programs the tests use: chromium (browser client test), espeak-ng + flite (wakeword training
-# and evaluation), sox, ffmpeg (M4A/WebM uploads). Installed when missing and we are root; otherwise those
+# and evaluation), sox, ffmpeg (M4A/WebM uploads), nginx (the balancer test; the tests run their own). Installed when missing and we are root; otherwise those
 # tests skip with a reason.
-SYSTEM_DEPS = chromium espeak-ng flite sox ffmpeg
+SYSTEM_DEPS = chromium espeak-ng flite sox ffmpeg nginx
 system-deps:
-	@missing=""; for p in chromium espeak-ng flite sox ffmpeg; do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in chromium espeak-ng flite sox ffmpeg nginx; do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; (apt-get install -y -q $(SYSTEM_DEPS) >/dev/null 2>&1 || \
