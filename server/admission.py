@@ -54,6 +54,7 @@ class Admission:
         self.metrics = metrics
         self.cores = cores if cores is not None else float(len(os.sched_getaffinity(0)))
         self.clock = clock
+        self.external_busy: Callable[[], float] = lambda: 0.0     # other worker processes' engine load
         self._recent: deque[tuple[float, dict[str, float]]] = deque()   # (admitted at, cost per pipeline)
         self.costs: dict[str, CostModel] = {}
         self.schedulers: dict[str, list] = {}          # pipeline -> its BatchSchedulers
@@ -77,10 +78,12 @@ class Admission:
     def utilisation(self, pipeline: str) -> float:
         return max((s.utilisation() for s in self.schedulers.get(pipeline, [])), default=0.0)
 
-    def machine_busy(self) -> float:
-        """Cores' worth of engine work: each scheduler's utilisation times its threads, summed."""
-        return sum(s.utilisation() * getattr(s, "max_inflight", 1) for group in self.schedulers.values()
-                   for s in group)
+    def machine_busy(self, local: bool = False) -> float:
+        """Cores' worth of engine work: each scheduler's utilisation times its threads, summed, plus the
+        other worker processes' (unless ``local``)."""
+        own = sum(s.utilisation() * getattr(s, "max_inflight", 1) for group in self.schedulers.values()
+                  for s in group)
+        return own if local else own + self.external_busy()
 
     def unmeasured(self) -> dict[str, float]:
         """Per pipeline, the cost of streams admitted within the utilisation window (not in it yet)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import uuid
 import logging
 import time
@@ -46,10 +47,14 @@ STATIC_DIR = Path(__file__).parent / "static"
 class VoxServer:
     """Process-wide state: settings, shared stages (models), open streams, metrics, admission."""
 
-    def __init__(self, settings: Settings, stages: dict[str, Stage] | None = None):
+    def __init__(self, settings: Settings, stages: dict[str, Stage] | None = None, table=None):
         self.settings = settings
+        self.table = table                       # the shared WorkerTable under --workers N, else None
+        self.worker = table.index if table is not None else 0
         self.metrics = Metrics()
         self.admission = Admission(settings, self.metrics)
+        if table is not None:
+            self.admission.external_busy = lambda: table.others("busy_cores")
         self.stages: dict[str, Stage] = stages if stages is not None else build_stages(settings, self.metrics,
                                                                                         self.admission)
         self.schemas = {"vad": VAD_SCHEMA, **{name: st.schema for name, st in self.stages.items()}}
@@ -136,6 +141,12 @@ class VoxServer:
                     h.terminate(ProtocolError(ErrorCode.SESSION_TOO_LONG,
                                               f"stream reached the maximum length of {longest:g} s"))
             self.gate.forget_idle(now)
+            self.publish()
+
+    def publish(self) -> None:
+        """This worker's row of the shared table (whole-server limits read the sums)."""
+        if self.table is not None:
+            self.table.write(self.session_count(local=True), self.admission.machine_busy(local=True))
 
     def expire_detached(self, sid: str, why: str) -> None:
         sess = self.detached.pop(sid, None)
@@ -144,9 +155,11 @@ class VoxServer:
             self.metrics.sessions_total.labels("expired").inc()
             log.info("detached stream expired", extra={"session": short_id(sid), "why": why})
 
-    def session_count(self, principal: str | None = None) -> int:
-        """Streams holding a session (started, or detached awaiting resume); sockets that have not
-        started yet do not count."""
+    def session_count(self, principal: str | None = None, local: bool = False) -> int:
+        """Streams holding a session (started, or detached awaiting resume), in the whole server (every
+        worker) unless ``local``; sockets that have not started yet do not count."""
+        if self.table is not None and principal is None and not local:
+            return self.session_count(local=True) + int(self.table.others("sessions"))
         live = sum(1 for h in self.handlers if h.session is not None and not h._detached
                    and (principal is None or h.principal.name == principal))
         kept = sum(1 for sess in self.detached.values() if principal is None or sess.principal == principal)
@@ -167,6 +180,9 @@ class VoxServer:
                        "max_frames_per_second": s.max_frames_per_second, "frame_burst": s.frame_burst,
                        "idle_timeout_s": s.idle_timeout_s, "max_session_s": s.max_session_s,
                        "outbox_soft": s.outbox_soft, "outbox_hard": s.outbox_hard},
+            "worker": {"index": self.worker, "pid": os.getpid(), "of": self.table.workers if self.table else 1},
+            "workers": self.table.rows() if self.table is not None else None,
+            "totals": {"sessions": self.session_count(), "busy_cores": round(self.admission.machine_busy(), 3)},
             "load": {**self.admission.report(len(self.handlers)), "detached": len(self.detached),
                      "pending": sum(1 for h in self.handlers if h.session is None),
                      "connections": sum(self.gate.open.values()), "tasks": len(asyncio.all_tasks())},
@@ -303,6 +319,7 @@ class StreamHandler:
                 self.session.close()
             self.server.handlers.discard(self)
             self.server.admission.release(self)
+            self.server.publish()
             m.sessions_active.dec()
             if not self.done.done():
                 self.done.set_result(None)
@@ -581,9 +598,11 @@ class StreamHandler:
         self._log_extra = {"session": short_id(self.session.id), "principal": self.principal.name,
                            "client": cfg.client or "", "pipelines": list(cfg.pipelines)}
         srv.metrics.sessions_total.labels("opened").inc()
+        srv.publish()
         log.info("stream started", extra={**self._log_extra, "rate": cfg.audio.sample_rate})
         self._queue({"type": "ready", "session_id": self.session.id, "resume_token": self.session.resume_token,
-                     "route": self.route, "principal": self.principal.name, "protocol_version": PROTOCOL_VERSION,
+                     "route": self.route, "worker": srv.worker, "principal": self.principal.name,
+                     "protocol_version": PROTOCOL_VERSION,
                      "subprotocol": self.codec.subprotocol, "config": cfg.to_wire(),
                      "limits": {"max_frames_per_second": s.max_frames_per_second, "frame_burst": s.frame_burst,
                                 "max_message_bytes": s.max_message_bytes,
@@ -744,9 +763,9 @@ def http_error(err: ProtocolError, status: int) -> JSONResponse:
     return JSONResponse({"error": err.to_event()}, status_code=status, headers=headers)
 
 
-def create_app(settings: Settings | None = None, stages: dict[str, Stage] | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, stages: dict[str, Stage] | None = None, table=None) -> Starlette:
     settings = settings or Settings.from_env()
-    vox = VoxServer(settings, stages)
+    vox = VoxServer(settings, stages, table)
 
     def principal_of(request: Request) -> Principal:
         """The request's principal (raises a typed ``unauthorized``)."""
@@ -831,7 +850,22 @@ def create_app(settings: Settings | None = None, stages: dict[str, Stage] | None
 
     @guarded
     async def metrics(request: Request) -> Response:
-        return PlainTextResponse(vox.metrics.render(), media_type="text/plain; version=0.0.4")
+        text = vox.metrics.render()
+        text = text.decode() if isinstance(text, bytes) else text
+        if vox.table is not None:                   # every worker's figures and the totals, whoever answers
+            rows = vox.table.rows()
+            lines = ["# HELP voxserve_worker_sessions streams holding a session, per worker process",
+                     "# TYPE voxserve_worker_sessions gauge"]
+            lines += [f'voxserve_worker_sessions{{worker="{r["worker"]}"}} {r["sessions"]}' for r in rows]
+            lines += ["# HELP voxserve_worker_busy_cores engine-busy cores, per worker process",
+                      "# TYPE voxserve_worker_busy_cores gauge"]
+            lines += [f'voxserve_worker_busy_cores{{worker="{r["worker"]}"}} {r["busy_cores"]}' for r in rows]
+            lines += ["# HELP voxserve_server_sessions streams holding a session, all workers",
+                      "# TYPE voxserve_server_sessions gauge", f"voxserve_server_sessions {vox.session_count()}",
+                      "# HELP voxserve_answering_worker the worker process that served this scrape",
+                      "# TYPE voxserve_answering_worker gauge", f"voxserve_answering_worker {vox.worker}"]
+            text += "\n".join(lines) + "\n"
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     routes = [
         WebSocketRoute("/v1/stream", stream_endpoint),

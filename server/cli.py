@@ -44,13 +44,14 @@ def uvicorn_config(app, settings: Settings):
     )
 
 
-def make_server(settings: Settings):
-    """A uvicorn server whose shutdown first drains voxserve streams (finals, then close 1012)."""
+def make_server(settings: Settings, table=None):
+    """A uvicorn server whose shutdown first drains voxserve streams (finals, then close 1012). ``table``:
+    the shared worker table when this is one of ``--workers`` processes."""
     import uvicorn
 
     from .app import create_app
 
-    app = create_app(settings)
+    app = create_app(settings, table=table)
 
     class DrainingServer(uvicorn.Server):
         async def shutdown(self, sockets=None):
@@ -70,16 +71,22 @@ def serve(settings: Settings) -> int:
     if problem:
         print(f"voxserve: {problem}", file=sys.stderr)
         return 2
-    server, _ = make_server(settings)
+    workers = settings.worker_count
+    server = None if workers > 1 else make_server(settings)[0]
     web, ws = ("https", "wss") if settings.tls else ("http", "ws")
     url = f"{web}://{settings.host}:{settings.port}"
     stream_url = f"{ws}://{settings.host}:{settings.port}/v1/stream"
     log.info("starting", extra={"url": url, "ws": stream_url, "pipelines": settings.pipeline_list,
-                                "auth": "required" if settings.has_credentials else "off", "tls": settings.tls})
+                                "auth": "required" if settings.has_credentials else "off", "tls": settings.tls,
+                                "workers": settings.worker_count})
     token_hint = " --token $VOXSERVE_TOKEN" if settings.has_credentials else ""
     print(f"voxserve listening on {url}  (browser client: {url}/ , stream: {stream_url})\n"
           f"try: voxserve-client stream speech.wav --url {stream_url}{token_hint} "
           f"--pipelines {','.join(settings.pipeline_list)}", file=sys.stderr, flush=True)
+    if workers > 1:
+        from .workers import run_workers
+
+        return run_workers(settings, workers)
     try:
         server.run()
     except KeyboardInterrupt:

@@ -16,6 +16,8 @@ from typing import Any
 class Settings:
     host: str = field(default="127.0.0.1", metadata={"doc": "address to bind"})
     port: int = field(default=8000, metadata={"doc": "TCP port"})
+    workers: str = field(default="1", metadata={"doc": "worker processes on the port (SO_REUSEPORT), each with its "
+                                                     "own event loop and engines; auto = one per core"})
     pipelines: str = field(default="vad,wakeword,asr,vc", metadata={"doc": "pipelines to load at start (comma list)"})
     max_sessions: int = field(default=400, metadata={"doc": "concurrent streams; more are refused with 1013"})
     max_message_bytes: int = field(default=512 * 1024, metadata={"doc": "largest accepted WebSocket message "
@@ -109,6 +111,8 @@ class Settings:
                 problems.append(f"{name} must be > 0")
         if self.max_wait_ms < 0 or self.drain_timeout_s < 0 or self.resume_grace_s < 0:
             problems.append("max_wait_ms and drain_timeout_s must be >= 0")
+        if not (self.workers == "auto" or (self.workers.isdigit() and int(self.workers) >= 1)):
+            problems.append("workers must be a number >= 1 or auto")
         if self.engine_timeout_s <= 0:
             problems.append("engine_timeout_s must be > 0")
         try:
@@ -137,6 +141,10 @@ class Settings:
     @property
     def engine_delay_s(self) -> float:
         return self.engine_delay_ms / 1000.0
+
+    @property
+    def worker_count(self) -> int:
+        return len(os.sched_getaffinity(0)) if self.workers == "auto" else int(self.workers)
 
     @property
     def api_key_list(self) -> tuple[str, ...]:

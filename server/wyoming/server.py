@@ -263,6 +263,7 @@ async def start_wyoming(vox) -> asyncio.AbstractServer:
 
     async def on_connect(reader, writer):
         await WyomingConnection(vox, reader, writer).run()
-    server = await asyncio.start_server(on_connect, s.wyoming_host, s.wyoming_port, limit=2**20)
+    server = await asyncio.start_server(on_connect, s.wyoming_host, s.wyoming_port, limit=2**20,
+                                        reuse_port=vox.table is not None)      # --workers: every worker listens
     log.info("wyoming listening", extra={"host": s.wyoming_host, "port": s.wyoming_port})
     return server
