@@ -36,7 +36,8 @@ class Settings:
     wakeword_incremental: bool = field(default=True, metadata={"doc": "compute the wakeword embedding "
                                                                        "incrementally (8 new mel frames per step)"})
     engine: str = field(default="auto", metadata={"doc": "engine: auto, onnxruntime-cpu, onnxruntime-cuda, "
-                                                          "onnxruntime-trt, tensorrt, torch"})
+                                                          "onnxruntime-trt, tensorrt (wakeword heads always run on "
+                                                          "ONNX Runtime CPU: they are tiny)"})
     intra_op_threads: int = field(default=1, metadata={"doc": "ONNX Runtime threads per engine call"})
     max_batch: int = field(default=32, metadata={"doc": "largest batch per engine call"})
     max_wait_ms: float = field(default=2.0, metadata={"doc": "time the batcher waits for more requests"})
@@ -133,7 +134,11 @@ class Settings:
             problems.append("log_format must be json or text")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             problems.append("log_level must be debug, info, warning or error")
-        if self.engine not in ("auto", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt", "torch"):
+        if self.engine == "torch":
+            problems.append("engine torch runs torch modules (the reference pitch shifter, the engine contract tests), "
+                            "not the ONNX models the server serves: use auto, onnxruntime-cpu, onnxruntime-cuda, "
+                            "onnxruntime-trt or tensorrt")
+        elif self.engine not in ("auto", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"):
             problems.append(f"unknown engine {self.engine!r}")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))

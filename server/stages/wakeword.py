@@ -137,8 +137,10 @@ class WakewordStage(Stage):
 
     def describe(self) -> dict:
         d = self.schema.describe()
+        # The heads (a few thousand weights each) run on ONNX Runtime CPU whatever --engine says; the front
+        # end (mel + embedding, the costly part) runs on the configured engine.
         d["models"] = {n: {"features": h.flavour, "embeddings": h.n_embeddings, "threshold": h.threshold,
-                           "file": h.path.name}
+                           "file": h.path.name, "engine": "onnxruntime-cpu"}
                        for n, h in self.heads.items()}
         return d
 

@@ -14,3 +14,15 @@ def test_env_and_overrides_precedence():
 def test_invalid_settings_raise_clear_errors(env):
     with pytest.raises(ValueError, match="VOXSERVE_|invalid settings"):
         Settings.from_env(env)
+
+
+def test_engine_torch_is_refused_at_validation_with_the_reason():
+    """The torch engine runs torch modules; the server serves ONNX models. Refused before anything loads,
+    instead of a server that fails at start."""
+    import pytest
+
+    from voxserve.server.settings import Settings
+
+    with pytest.raises(ValueError, match="engine torch runs torch modules"):
+        Settings(engine="torch")
+    assert Settings(engine="onnxruntime-cpu").engine == "onnxruntime-cpu"
