@@ -278,7 +278,6 @@ async def stream_source(url: str, source: PcmSource, *, pipelines: list[str] | t
                         result.restarts += 1
                         continue
                     result.resumes += 1
-                    state["eid"] = max(state["eid"], resumed.get("eid", -1))
                     if on_event:
                         on_event(resumed)
                     next_seq = resumed["next_seq"]

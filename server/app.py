@@ -560,9 +560,11 @@ class StreamHandler:
                            "client": cfg.client or "", "pipelines": list(cfg.pipelines)}
         srv.metrics.sessions_total.labels("resumed").inc()
         log.info("stream resumed", extra={**self._log_extra, "replayed": len(replay), "next_seq": self.conn.next_seq})
-        self._queue({"type": "resumed", "session_id": session.id, "next_seq": self.conn.next_seq,
-                     **session.position("received", session.ring.end), "replayed": len(replay),
-                     "config": cfg.to_wire()})
+        # ``resumed`` belongs to this connection, not to the stream: no event id (the replayed events below
+        # keep their older ids; a client that took a newer id from it would drop them as duplicates).
+        session.outbox.put({"type": "resumed", "session_id": session.id, "next_seq": self.conn.next_seq,
+                            **session.position("received", session.ring.end), "replayed": len(replay),
+                            "config": cfg.to_wire()}, False)
         for old in replay:
             session.outbox.put(old, False)
         self._wake.set()

@@ -84,8 +84,12 @@ class MoonshineModel:
         """[B, N] float32 16 kHz -> [B, T, 416]."""
         return self.encoder.infer({"input_values": audio.astype(np.float32)})["last_hidden_state"]
 
-    def transcribe(self, audios: list[np.ndarray], bucket_samples: int = 0) -> list[Hypothesis]:
-        """Greedy transcripts; equal-length inputs share every engine call.
+    def transcribe(self, audios: list[np.ndarray], bucket_samples: int = 0,
+                   hints: list[list[int] | None] | None = None) -> list[Hypothesis]:
+        """Greedy transcripts; equal-length inputs share every engine call. ``hints``: per input, tokens a
+        previous decode of the same (shorter) segment produced; they are checked in one teacher-forced
+        decoder call and the part greedy decoding would itself produce is kept, so the result is the
+        greedy transcript with one call instead of one per hinted token.
 
         ``bucket_samples`` > 0 pads each input with silence up to a multiple of it, so that utterances
         of similar length from different streams decode together (the graphs have no attention mask,
@@ -103,25 +107,38 @@ class MoonshineModel:
                 for i in idx:
                     out[i] = Hypothesis([], "")
                 continue
-            tokens = self._decode(np.stack([audios[i] for i in idx]), n / 16000.0)
+            tokens = self._decode(np.stack([audios[i] for i in idx]), n / 16000.0,
+                                  [hints[i] for i in idx] if hints else None)
             for i, t in zip(idx, tokens):
                 out[i] = Hypothesis(t, self.tokenizer.decode(t))
         return out  # type: ignore[return-value]
 
-    def _decode(self, audio: np.ndarray, seconds: float) -> list[list[int]]:
+    def _decode(self, audio: np.ndarray, seconds: float, hints: list[list[int] | None] | None = None) -> list[list[int]]:
         b = audio.shape[0]
         hidden = self.encode(audio)
         max_tokens = int(seconds * TOKENS_PER_SECOND) + 4
         empty = np.zeros((b, HEADS, 1, HEAD_DIM), np.float32)     # dummy past for the no-cache branch
         feeds = {name: empty for name in self._dec_inputs if name.startswith("past_key_values")}
         feeds["encoder_hidden_states"] = hidden
-        feeds["input_ids"] = np.full((b, 1), self.tokenizer.bos, np.int64)
+        # First pass (no cache): BOS plus the hinted prefix the rows share in length, all positions at once.
+        k = min((len(h) for h in hints), default=0) if hints and all(h for h in hints) else 0
+        k = min(k, max_tokens - 1)
+        prefix = [[self.tokenizer.bos] + (list(hints[r][:k]) if k else []) for r in range(b)]  # type: ignore[index]
+        feeds["input_ids"] = np.array(prefix, np.int64)
         feeds["use_cache_branch"] = np.array([False])
+        outs = self.decoder.infer(feeds)
+        pred = outs["logits"].argmax(axis=-1)                    # [b, k + 1]: greedy choice after each position
+        accepted = k
+        for r in range(b):                                       # the longest prefix greedy would produce itself
+            for i in range(k):
+                if pred[r, i] != prefix[r][i + 1]:
+                    accepted = min(accepted, i)
+                    break
+        result: list[list[int]] = [list(prefix[r][1:accepted + 1]) for r in range(b)]
+        nxt = pred[:, accepted]
+        keep = accepted + 1                                      # self-attention cache positions still valid
         done = np.zeros(b, bool)
-        result: list[list[int]] = [[] for _ in range(b)]
-        for step in range(max_tokens):
-            outs = self.decoder.infer(feeds)
-            nxt = outs["logits"][:, -1, :].argmax(axis=-1)
+        for step in range(max_tokens - accepted):
             for r in range(b):
                 if not done[r]:
                     if nxt[r] == self.tokenizer.eos:
@@ -130,13 +147,18 @@ class MoonshineModel:
                         result[r].append(int(nxt[r]))
                         if _looping(result[r]):
                             done[r] = True
-            if done.all():
+            if done.all() or step == max_tokens - accepted - 1:
                 break
             for name in self._present:
                 # the cross-attention cache is computed once, on the first pass; later passes return
                 # placeholders for it, so only the self-attention cache is carried forward then
-                if step == 0 or ".decoder." in name:
+                if ".decoder." in name:
+                    cache = outs[name]
+                    feeds[name.replace("present", "past_key_values")] = cache[:, :, :keep] if step == 0 else cache
+                elif step == 0:
                     feeds[name.replace("present", "past_key_values")] = outs[name]
             feeds["input_ids"] = nxt.reshape(b, 1).astype(np.int64)
             feeds["use_cache_branch"] = np.array([True])
+            outs = self.decoder.infer(feeds)
+            nxt = outs["logits"][:, -1, :].argmax(axis=-1)
         return result

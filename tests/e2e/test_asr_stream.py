@@ -140,3 +140,30 @@ def test_resume_of_unknown_session_is_a_typed_error(asr_server):
             return err.value.event
     ev = asyncio.run(go())
     assert ev["code"] == "unknown_session" and ev["fatal"] is False
+
+
+def test_events_made_while_detached_are_replayed_after_resume(asr_server, jfk_path):
+    """A final decoded while no connection is attached is replayed after the resume, and ``resumed``
+    itself carries no event id (one newer than the replayed events made clients drop them)."""
+    import asyncio
+
+    from voxserve.clients.client import VoxClient
+
+    frames = list(resampled_source(jfk_path, 16000).frames(20))
+
+    async def go():
+        async with VoxClient.connect(asr_server.url) as c:
+            ready = await c.start(sample_rate=16000, pipelines=["asr"], options={"asr": {"interims": False}})
+            for f in frames[:300]:                       # 6 s: the first sentence ends at about 4.8 s
+                await c.send_audio(f)
+            c.ws.transport.abort()
+        await asyncio.sleep(2.0)                         # its final is decoded while nobody is attached
+        async with VoxClient.connect(asr_server.url) as c:
+            resumed = await c.resume(ready["session_id"], ready["eid"], ready["resume_token"])
+            await c.stop()
+            return ready, resumed, [e async for e in c.events()]
+    ready, resumed, events = asyncio.run(go())
+    assert "eid" not in resumed and resumed["replayed"] >= 1
+    finals = [e for e in events if e["type"] == "transcript"]
+    assert finals[0]["id"] == 0 and "americans" in finals[0]["text"].lower()
+    assert finals[0]["eid"] > ready["eid"]

@@ -75,3 +75,32 @@ def test_loop_guard_cuts_repeats_but_keeps_real_repetition():
     assert not _looping(t) and t == [7, 7]            # "five five"
     t = [7, 7, 7]
     assert _looping(t) and t == [7]
+
+
+def test_teacher_forced_hint_gives_the_greedy_transcript_with_fewer_decoder_calls(speech16k):
+    """Interims of a growing segment, each hinted with the previous one's tokens: every transcript equals
+    the unhinted greedy decode, and the decoder runs far fewer times (the prefix is one call)."""
+    from voxserve.server.asr.moonshine import MoonshineModel
+
+    model = MoonshineModel("onnxruntime-cpu")
+    calls = [0]
+    infer = model.decoder.infer
+
+    def counted(feeds):
+        calls[0] += 1
+        return infer(feeds)
+    model.decoder.infer = counted
+    plain_calls = hinted_calls = 0
+    prev = None
+    for n in range(16000, len(speech16k), 8000):
+        calls[0] = 0
+        plain = model.transcribe([speech16k[:n]])[0]
+        plain_calls += calls[0]
+        calls[0] = 0
+        hinted = model.transcribe([speech16k[:n]], hints=[prev.tokens if prev else None])[0]
+        hinted_calls += calls[0]
+        assert hinted.tokens == plain.tokens, n
+        prev = plain
+    assert hinted_calls * 3 < plain_calls, (hinted_calls, plain_calls)
+    wrong = model.transcribe([speech16k[:48000]], hints=[[5, 6, 7, 8]])[0]     # a hint that does not fit
+    assert wrong.tokens == model.transcribe([speech16k[:48000]])[0].tokens

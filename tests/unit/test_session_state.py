@@ -88,8 +88,9 @@ class FakeModel:
     def __init__(self):
         self.calls = []
 
-    def transcribe(self, items, bucket_samples=0):
+    def transcribe(self, items, bucket_samples=0, hints=None):
         self.calls.append([len(x) for x in items])
+        self.hints = hints
         return [Hypothesis(list(range(len(x) // 4000)), " ".join(f"w{i}" for i in range(len(x) // 4000)))
                 for x in items]
 
