@@ -55,7 +55,7 @@ class Admission:
         self.cores = cores if cores is not None else float(len(os.sched_getaffinity(0)))
         self.clock = clock
         self.external_busy: Callable[[], float] = lambda: 0.0     # other worker processes' engine load
-        self._recent: deque[tuple[float, dict[str, float]]] = deque()   # (admitted at, cost per pipeline)
+        self._recent: deque[tuple[float, object, dict[str, float]]] = deque()   # (admitted at, stream, costs)
         self.costs: dict[str, CostModel] = {}
         self.schedulers: dict[str, list] = {}          # pipeline -> its BatchSchedulers
         self.streams: dict[object, tuple[str, ...]] = {}
@@ -91,7 +91,7 @@ class Admission:
         while self._recent and now - self._recent[0][0] > WINDOW_S:
             self._recent.popleft()
         out: dict[str, float] = {}
-        for _, costs in self._recent:
+        for _, _, costs in self._recent:
             for p, c in costs.items():
                 out[p] = out.get(p, 0.0) + c
         return out
@@ -117,12 +117,14 @@ class Admission:
                     f"needs ~{need:.2f}, limit {TARGET_UTILISATION * self.cores:.2f}. Retry later or on another "
                     "server")
             if costs:
-                self._recent.append((self.clock(), costs))
+                self._recent.append((self.clock(), handler, costs))
         self.streams[handler] = tuple(config.pipelines)
         return None
 
     def release(self, handler: object) -> None:
         self.streams.pop(handler, None)
+        if any(h is handler for _, h, _ in self._recent):      # a stream that already ended adds no load
+            self._recent = deque(r for r in self._recent if r[1] is not handler)
 
     def report(self, open_streams: int) -> dict:
         out: dict[str, Any] = {"streams": open_streams, "cores": self.cores, "admission": bool(self.settings.admission),

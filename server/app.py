@@ -504,9 +504,13 @@ class StreamHandler:
             elif isinstance(ev, Flush):
                 # The utterance ends here, now; its finals are delivered by a task, so the reader goes on
                 # reading (pings, acks, the next utterance's audio) while they decode.
+                # At most one flush in flight: a second waits for the first (a flood of flushes cannot pile
+                # up tasks, and its events then push back like any other backlog).
+                if self._flushing is not None and not self._flushing.done():
+                    await asyncio.wait([self._flushing])
                 at = self.session.position("at", self.session.ring.end)
-                drain, previous = self.session.begin_flush(), self._flushing
-                self._flushing = asyncio.ensure_future(self._complete_flush(drain, at, previous))
+                drain = self.session.begin_flush()
+                self._flushing = asyncio.ensure_future(self._complete_flush(drain, at, None))
             elif isinstance(ev, Stop):
                 self._stopped = True
                 return False

@@ -63,10 +63,9 @@ def test_graceful_shutdown_delivers_finals_then_1012(tmp_path, jfk_path):
 
 
 def test_client_that_never_reads_is_freed_with_typed_reason(tmp_path):
-    """A client that floods control messages and never reads its events. The server first stops reading
-    its input (backpressure: each flush earns an event); once both directions are stuck it ends the
-    stream with a typed reason after idle_timeout_s (slow_consumer when its writer is the one stalled,
-    idle_timeout when the stalled peer also stops sending), frees it, and stays up."""
+    """A client that floods control messages and never reads its events: once both directions are stuck
+    the server ends the stream with a typed reason after idle_timeout_s (slow_consumer when its writer is
+    the one stalled, idle_timeout when the stalled peer also stops sending), frees it, and stays up."""
     srv = start_server(tmp_path, "--pipelines", "vad", "--log-format", "text", "--max-frames-per-second", "1e6",
                        "--frame-burst", "1000000", "--outbox-soft", "16", "--outbox-hard", "64",
                        "--idle-timeout-s", "3")
@@ -103,7 +102,7 @@ def test_client_that_never_reads_is_freed_with_typed_reason(tmp_path):
     outcomes = {ln.split('"')[1]: float(ln.split()[-1]) for ln in metrics.splitlines()
                 if ln.startswith("voxserve_sessions_total{")}
     assert outcomes["opened"] == 1 and outcomes.get("slow_consumer", 0) + outcomes.get("idle_timeout", 0) == 1, outcomes
-    assert float(next(ln for ln in metrics.splitlines() if ln.startswith("voxserve_backpressure_total"))
-                 .split()[-1]) > 0
+    # (Whether backpressure engaged first depends on how the peer's TCP stack wedges; it is asserted
+    # deterministically by test_vc_stream.py::test_client_faster_than_real_time_loses_no_converted_audio.)
     assert srv.get_json("/healthz")["status"] == "alive"
     srv.stop()

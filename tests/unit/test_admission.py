@@ -73,3 +73,15 @@ def test_whole_machine_counts_every_pipeline_and_thread():
 def test_report_shows_machine_load():
     adm, _ = admission(asr=[FakeScheduler(0.25, threads=2)])
     assert adm.report(3)["machine_busy_cores"] == 0.5
+
+
+def test_a_stream_that_already_ended_adds_no_pending_load():
+    """Short streams one after another (a test, a batch job): each ends before the utilisation window
+    passes; released, it no longer counts as load about to arrive."""
+    adm, _ = admission(asr=[FakeScheduler(0.0)])
+    measured(adm, "asr", 0.3)
+    for _ in range(10):
+        h = object()
+        assert adm.admit(h, cfg("asr")) is None
+        adm.release(h)
+    assert adm.unmeasured() == {}
