@@ -21,7 +21,7 @@ import psutil
 import websockets
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import install_uvloop, percentiles, record, scrape, speech_16k, start_server  # noqa: E402
+from common import install_uvloop, percentiles, record, speech_16k, start_server  # noqa: E402
 
 FRAME_MS = 20
 FRAME = 16 * FRAME_MS          # samples at 16 kHz
@@ -62,6 +62,7 @@ async def one_stream(url: str, pcm: bytes, seconds: float, start_delay: float, o
                 out["late"] = max(out["late"], -delay)
             sent_at[i] = time.perf_counter()
             await ws.send(msgpack.packb({"type": "audio", "pcm": pcm[j * frame_bytes:(j + 1) * frame_bytes]}))
+            out["frames"] += 1
         await ws.send(msgpack.packb({"type": "stop"}))
         await rtask
         out["closed"].append(ws.close_code)
@@ -70,7 +71,7 @@ async def one_stream(url: str, pcm: bytes, seconds: float, start_delay: float, o
 async def run(url: str, streams: int, seconds: float, ramp: float) -> dict:
     x = speech_16k()
     pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
-    out = {"client_ms": [], "server_ms": [], "errors": [], "closed": [], "late": 0.0}
+    out = {"client_ms": [], "server_ms": [], "errors": [], "closed": [], "late": 0.0, "frames": 0}
     tasks = [one_stream(url, pcm, seconds, ramp * i / streams, out) for i in range(streams)]
     await asyncio.gather(*tasks, return_exceptions=False)
     return out
@@ -81,28 +82,33 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--ramp", type=float, default=5.0, help="seconds over which streams start")
+    ap.add_argument("--workers", type=int, default=1, help="voxserve serve --workers N")
     ap.add_argument("--record", action="store_true", help="append the result to bench/RESULTS.md")
     args = ap.parse_args()
     install_uvloop()
-    proc, port = start_server(["--pipelines", "vad", "--max-sessions", str(args.streams + 10), "--no-admission"])
+    proc, port = start_server(["--pipelines", "vad", "--max-sessions", str(args.streams + 10), "--no-admission",
+                               "--workers", str(args.workers)])
     sp = psutil.Process(proc.pid)
     me = psutil.Process()
+
+    def server_cpu():                    # the server process and its workers
+        procs = [sp] + sp.children(recursive=True)
+        return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
     try:
         url = f"ws://127.0.0.1:{port}/v1/stream"
-        f0 = scrape(port, "voxserve_audio_frames_total")
-        c0, m0, t0 = sp.cpu_times(), me.cpu_times(), time.perf_counter()
+        time.sleep(2.0 if args.workers > 1 else 0.0)      # every worker up
+        c0, m0, t0 = server_cpu(), me.cpu_times(), time.perf_counter()
         out = asyncio.run(run(url, args.streams, args.seconds, args.ramp))
-        c1, m1, t1 = sp.cpu_times(), me.cpu_times(), time.perf_counter()
-        f1 = scrape(port, "voxserve_audio_frames_total")
+        c1, m1, t1 = server_cpu(), me.cpu_times(), time.perf_counter()
     finally:
         proc.terminate()
         proc.wait(30)
     wall = t1 - t0
     res = {
         "streams": args.streams, "seconds": args.seconds, "wall_s": round(wall, 1),
-        "server_cpu_cores": round((c1.user + c1.system - c0.user - c0.system) / wall, 3),
+        "workers": args.workers, "server_cpu_cores": round((c1 - c0) / wall, 3),
         "loadgen_cpu_cores": round((m1.user + m1.system - m0.user - m0.system) / wall, 3),
-        "frames_per_s": round((f1 - f0) / wall, 1),
+        "frames_per_s": round(out["frames"] / wall, 1),           # counted by the load generator
         "events": len(out["client_ms"]),
         "client_latency_ms": percentiles(out["client_ms"]),
         "server_latency_ms": percentiles(out["server_ms"]),
@@ -112,14 +118,15 @@ def main() -> None:
     print(json.dumps(res, indent=2))
     if args.record:
         cl, sl = res["client_latency_ms"], res["server_latency_ms"]
-        body = (f"| streams | server CPU (cores) | frames/s | events | client p50/p99/p99.9 ms | "
+        body = (f"| workers | streams | server CPU (cores) | frames/s | events | client p50/p99/p99.9 ms | "
                 f"server p50/p99/p99.9 ms | errors | abnormal closes | max send slip ms |\n"
-                f"|---|---|---|---|---|---|---|---|---|\n"
-                f"| {res['streams']} | {res['server_cpu_cores']} | {res['frames_per_s']} | {res['events']} | "
+                f"|---|---|---|---|---|---|---|---|---|---|\n"
+                f"| {res['workers']} | {res['streams']} | {res['server_cpu_cores']} | {res['frames_per_s']} | {res['events']} | "
                 f"{cl['p50']} / {cl['p99']} / {cl['p99.9']} | {sl['p50']} / {sl['p99']} / {sl['p99.9']} | "
                 f"{res['errors']} | {res['abnormal_closes']} | {res['max_send_slip_ms']} |")
-        record(f"Transport: {args.streams} real-time VAD streams, {args.seconds:g} s",
-               f"python bench/transport.py --streams {args.streams} --seconds {args.seconds:g} --record", body)
+        record(f"Transport: {args.streams} real-time VAD streams, {args.seconds:g} s, {args.workers} worker(s)",
+               f"python bench/transport.py --streams {args.streams} --seconds {args.seconds:g} --workers "
+               f"{args.workers} --record", body)
 
 
 if __name__ == "__main__":
