@@ -113,3 +113,23 @@ def test_drain_moves_the_stream_to_another_replica(cluster):
     for _ in range(3):
         again = asyncio.run(stream_source(cluster["url"], voiced_source(2.0, seed=1), speed=0, frame_ms=100))
         assert again.close_code == 1000
+
+
+def test_killed_replica_clients_start_anew_elsewhere(cluster):
+    """SIGKILL the replica holding a stream (no drain, no close frames): the client's reconnect is routed
+    by nginx to a live replica, which does not know the stream; the client starts a new one there from
+    where it was and ends normally. (Runs after the drain test: one replica is already gone.)"""
+    import threading
+
+    source = voiced_source(10.0, seed=9)
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        res=asyncio.run(stream_source(cluster["url"], source, speed=2.0, frame_ms=20))))
+    t.start()
+    time.sleep(1.5)
+    [victim] = holders(cluster)
+    victim.proc.kill()
+    t.join(60)
+    res = result["res"]
+    assert res.restarts == 1 and res.close_code == 1000, res.events[-3:]
+    assert res.fatal is None and len(res.of_type("stopped")) == 1

@@ -99,7 +99,11 @@ def asr_session(**opts):
     settings = SimpleNamespace(engine="onnxruntime-cpu", intra_op_threads=1, max_batch=8, max_wait_ms=1.0,
                                engine_delay_s=0.0, inject_faults="", engine_timeout_s=10.0)
     stage = AsrStage(settings, Metrics(), model=FakeModel())
-    cfg = config(("asr",), {"asr": opts})
+    from voxserve.server.stages.wakeword import WAKEWORD_SCHEMA
+
+    gated = opts.get("mode") == "after_wakeword"          # the wake words come from the test, not a stage
+    cfg = config(("wakeword", "asr") if gated else ("asr",), {"asr": opts},
+                 {"vad": VAD_SCHEMA, "asr": ASR_SCHEMA, "wakeword": WAKEWORD_SCHEMA})
     return Session(cfg, {"asr": stage}, Metrics(), ring_seconds=30, outbox_soft=256, outbox_hard=1024), stage
 
 
@@ -152,3 +156,39 @@ def test_asr_flush_closes_the_segment_and_later_audio_starts_the_next():
     finals = [e for e in asyncio.run(go()) if e["type"] == "transcript"]
     assert finals[0]["reason"] == "flush" and finals[0]["end_ms"] <= 1000 + 1
     assert all(f["start_ms"] >= 800 for f in finals[1:])           # after the flush: a new utterance
+
+
+def test_asr_after_wakeword_transcribes_only_the_command():
+    """asr.mode=after_wakeword: speech before the wake word gives no final; a wake word arms the stream,
+    and the next segment (the command) is transcribed from the wake word's end; a wake word that arrives
+    late (a client faster than real time) still arms the segment that had already closed after it."""
+    async def go(late: bool):
+        s, stage = asr_session(mode="after_wakeword", interims=False)
+        stage.schedulers["asr"].start()
+        x = voiced_signal(6.0, seed=4)                     # bursts with pauses: several VAD segments
+        half = 3 * 16000
+        await feed(s, x[:half])
+        wake = {"type": "wakeword", "stage": "wakeword", "name": "hey_jarvis", "end_ms": 2500.0}
+        if not late:
+            s.streams["asr"].on_event(wake)
+        await feed(s, x[half:])
+        if late:
+            s.streams["asr"].on_event(wake)
+        await s.finish()
+        await stage.stop()
+        return [e for e in drain(s) if e["type"] == "transcript"]
+    for late in (False, True):
+        finals = asyncio.run(go(late))
+        assert finals, late
+        assert all(f["start_ms"] >= 2500 for f in finals), (late, [f["start_ms"] for f in finals])
+
+
+def test_asr_after_wakeword_without_a_wake_word_says_nothing():
+    async def go():
+        s, stage = asr_session(mode="after_wakeword", interims=False)
+        stage.schedulers["asr"].start()
+        await feed(s, voiced_signal(5.0, seed=5))
+        await s.finish()
+        await stage.stop()
+        return [e for e in drain(s) if e["type"] == "transcript"]
+    assert asyncio.run(go()) == []
