@@ -56,7 +56,9 @@ ASR_SCHEMA = PipelineSchema(
         Option("mode", str, "always", "always, or after_wakeword (needs the wakeword pipeline)",
                choices=("always", "after_wakeword")),
         Option("interims", bool, True, "send interim transcripts while speaking"),
-        Option("interim_interval_ms", int, 300, "new audio between interim decodes", min=100, max=5000),
+        Option("interim_interval_ms", int, 300, "new audio between interim decodes (at least; under load "
+                                                   "interims wait for twice the time the last one took)",
+               min=100, max=5000),
         Option("pre_roll_ms", int, 200, "audio before the VAD start included in a segment", min=0, max=1000,
                updatable=False),
         Option("max_segment_s", float, 20.0, "split longer speech at its quietest point (with pre_roll_ms, "
@@ -150,6 +152,7 @@ class _Segment:
         self.opened_at = opened_at
         self.command = False            # after_wakeword: this segment is the command to transcribe
         self.tokens: list[int] | None = None   # the latest hypothesis: the next decode's teacher-forced hint
+        self.gap_s = 0.0                        # adaptive cadence: 2 x the last interim's queue + compute time
 
 
 class AsrStream(StageStream):
@@ -229,8 +232,10 @@ class AsrStream(StageStream):
             return
         if self._maybe_speculate(end):
             return                  # silence has begun: the final decode is under way, no interim competes
+        # Cadence: at least interim_interval_ms of new audio, and twice what the last interim took, so a
+        # loaded server spaces interims out instead of computing ones it must then skip.
         if (self.opts["interims"] and seg.interim is None
-                and end - seg.last_interim_end >= self.opts["interim_interval_ms"] * 16):
+                and end - seg.last_interim_end >= max(self.opts["interim_interval_ms"] * 16, int(seg.gap_s * 16000))):
             self._interim(end)
 
     def _maybe_speculate(self, end: int) -> bool:
@@ -279,12 +284,14 @@ class AsrStream(StageStream):
         now = self.ctx.clock()
         m = self.stage.metrics
         if out.skipped:
+            seg.gap_s = max(2.0 * seg.gap_s, self.opts["budget_partial_ms"] / 1000.0)   # back off harder
             m.budget_violations.labels("asr_partial", "skip").inc()
             self.ctx.emit({"type": "budget", "stage": "asr_partial", "budget_ms": self.opts["budget_partial_ms"],
                            "observed_ms": round((now - t0) * 1000, 1), "action": "skip"}, True)
             return
         m.stage_latency.labels("asr_partial").observe(now - t0)
         seg.tokens = list(out.value.tokens)
+        seg.gap_s = 2.0 * (now - t0)
         words = out.value.text.split()
         norm = [_norm(w) for w in words]
         common = 0

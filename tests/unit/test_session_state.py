@@ -192,3 +192,36 @@ def test_asr_after_wakeword_without_a_wake_word_says_nothing():
         await stage.stop()
         return [e for e in drain(s) if e["type"] == "transcript"]
     assert asyncio.run(go()) == []
+
+
+class SlowModel(FakeModel):
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def transcribe(self, items, bucket_samples=0, hints=None):
+        import time
+        time.sleep(self.seconds)
+        return super().transcribe(items, bucket_samples, hints)
+
+
+def test_interims_space_out_when_decodes_are_slow():
+    """Real-time audio; interims every 300 ms of audio when decodes are quick, but no closer than twice the
+    time the last one took when they are slow (a loaded server), instead of being computed and skipped."""
+    async def gaps(model):
+        s, stage = asr_session(interim_interval_ms=300, budget_partial_ms=5000)
+        stage.model = model
+        stage.schedulers["asr"].start()
+        t = np.arange(64000) / 16000                     # 4 s of one continuous voiced sound, then silence
+        phase = 2 * np.pi * np.cumsum(140 * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))) / 16000
+        voiced = sum(np.sin(k * phase) / k for k in range(1, 20)).astype(np.float32)
+        x = np.concatenate([0.3 * voiced / np.abs(voiced).max(), np.zeros(16000, np.float32)])
+        await feed(s, x, pause=0.02)                    # real-time pace: 20 ms per 20 ms frame
+        await s.finish()
+        await stage.stop()
+        ends = [e["end_ms"] for e in drain(s) if e["type"] == "transcript_interim"]
+        return [b - a for a, b in zip(ends, ends[1:])]
+    quick = asyncio.run(gaps(FakeModel()))
+    slow = asyncio.run(gaps(SlowModel(0.35)))
+    assert quick and min(quick) >= 290 and np.median(quick) < 450, quick
+    assert slow and min(slow) >= 600, slow                # 2 x 0.35 s, less scheduling slack
