@@ -156,14 +156,20 @@ def test_events_made_while_detached_are_replayed_after_resume(asr_server, jfk_pa
             ready = await c.start(sample_rate=16000, pipelines=["asr"], options={"asr": {"interims": False}})
             for f in frames[:300]:                       # 6 s: the first sentence ends at about 4.8 s
                 await c.send_audio(f)
-            c.ws.transport.abort()
-        await asyncio.sleep(2.0)                         # its final is decoded while nobody is attached
+            last = ready["eid"]
+            async for ev in c.events():                  # the server has heard the sentence end ...
+                last = ev.get("eid", last)
+                assert ev["type"] != "transcript", "a final before its segment's speech_end"
+                if ev["type"] == "vad" and ev["event"] == "speech_end":
+                    break
+            c.ws.transport.abort()                       # ... and is decoding its final: nobody is attached
+        await asyncio.sleep(2.0)
         async with VoxClient.connect(asr_server.url) as c:
-            resumed = await c.resume(ready["session_id"], ready["eid"], ready["resume_token"])
+            resumed = await c.resume(ready["session_id"], last, ready["resume_token"])
             await c.stop()
-            return ready, resumed, [e async for e in c.events()]
-    ready, resumed, events = asyncio.run(go())
+            return last, resumed, [e async for e in c.events()]
+    last, resumed, events = asyncio.run(go())
     assert "eid" not in resumed and resumed["replayed"] >= 1
     finals = [e for e in events if e["type"] == "transcript"]
     assert finals[0]["id"] == 0 and "americans" in finals[0]["text"].lower()
-    assert finals[0]["eid"] > ready["eid"]
+    assert finals[0]["eid"] > last                       # made while detached, delivered after the resume
