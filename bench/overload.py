@@ -46,8 +46,10 @@ def main() -> int:
         warm = {"client_ms": [], "server_ms": [], "errors": [], "budget": 0, "passthrough": 0, "refused": 0}
         t0 = time.time()
         while True:                                       # warm up until the pipeline's cost is measured
-            asyncio.run(asyncio.wait_for(asyncio.gather(*[one(url, args.pipeline, {}, pcm, 8.0, 0.5 * i, warm)
-                                                          for i in range(2)]), 60))
+            async def warm_up():
+                await asyncio.wait_for(asyncio.gather(*[one(url, args.pipeline, {}, pcm, 8.0, 0.5 * i, warm)
+                                                        for i in range(2)]), 60)
+            asyncio.run(warm_up())
             p = info(port)["load"]["pipelines"].get(args.pipeline, {})
             if p.get("cost_per_stream") or time.time() - t0 > 120:
                 break
