@@ -53,6 +53,8 @@ def main() -> int:
             p = info(port)["load"]["pipelines"].get(args.pipeline, {})
             if p.get("cost_per_stream") or time.time() - t0 > 120:
                 break
+        time.sleep(3.0)                                   # the warm-up leaves the 2 s utilisation window
+        p = info(port)["load"]["pipelines"].get(args.pipeline, {})
         cost = p.get("cost_per_stream")
         busy = info(port)["load"]["machine_busy_cores"]
         capacity = p.get("remaining_streams_estimate", 0) or 1
@@ -77,9 +79,9 @@ def main() -> int:
             f"{sorted(set(out['errors']))}.")
     print(body)
     if args.record:
-        record(f"Overload: {args.pipeline} at {args.factor:g}x measured capacity ({today()})",
+        record(f"Overload: {args.pipeline} at {args.factor:g}x measured capacity",
                f"python bench/overload.py --pipeline {args.pipeline} --factor {args.factor:g} --seconds "
-               f"{args.seconds:g}", f"{machine()}\n\n{body}")
+               f"{args.seconds:g}", body)
     return 0
 
 

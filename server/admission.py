@@ -78,6 +78,13 @@ class Admission:
     def utilisation(self, pipeline: str) -> float:
         return max((s.utilisation() for s in self.schedulers.get(pipeline, [])), default=0.0)
 
+    def threads(self, pipeline: str) -> int:
+        """Engine threads of the pipeline's busiest scheduler (its utilisation is a fraction of these)."""
+        group = self.schedulers.get(pipeline, [])
+        if not group:
+            return 1
+        return getattr(max(group, key=lambda s: s.utilisation()), "max_inflight", 1)
+
     def machine_busy(self, local: bool = False) -> float:
         """Cores' worth of engine work: each scheduler's utilisation times its threads, summed, plus the
         other worker processes' (unless ``local``)."""
@@ -101,7 +108,10 @@ class Admission:
             costs = {p: c for p in config.pipelines if (c := self.marginal(p)) is not None}
             pending = self.unmeasured()
             for p, cost in costs.items():
-                util = self.utilisation(p) + pending.get(p, 0.0)
+                # in units of one thread of that scheduler: utilisation x threads = threads busy
+                threads = self.threads(p)
+                util = (self.utilisation(p) * threads + pending.get(p, 0.0)) / threads
+                cost = cost / threads
                 if util + cost > TARGET_UTILISATION:
                     return ProtocolError(
                         ErrorCode.SERVER_BUSY,
@@ -136,6 +146,9 @@ class Admission:
             entry: dict[str, Any] = {"utilisation": round(util, 3),
                                      "cost_per_stream": None if cost is None else round(cost, 4)}
             if cost:
-                entry["remaining_streams_estimate"] = max(0, int((TARGET_UTILISATION - util) / cost))
+                threads = self.threads(p)
+                own = (TARGET_UTILISATION - util) * threads / cost
+                machine = (TARGET_UTILISATION * self.cores - self.machine_busy()) / cost
+                entry["remaining_streams_estimate"] = max(0, int(min(own, machine)))
             out["pipelines"][p] = entry
         return out

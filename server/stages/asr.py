@@ -153,6 +153,7 @@ class _Segment:
         self.command = False            # after_wakeword: this segment is the command to transcribe
         self.tokens: list[int] | None = None   # the latest hypothesis: the next decode's teacher-forced hint
         self.gap_s = 0.0                        # adaptive cadence: 2 x the last interim's queue + compute time
+        self.work_s = 0.0                       # engine time of this segment's interims (for admission's cost)
 
 
 class AsrStream(StageStream):
@@ -292,6 +293,7 @@ class AsrStream(StageStream):
         m.stage_latency.labels("asr_partial").observe(now - t0)
         seg.tokens = list(out.value.tokens)
         seg.gap_s = 2.0 * (now - t0)
+        seg.work_s += out.compute_s * out.share
         words = out.value.text.split()
         norm = [_norm(w) for w in words]
         common = 0
@@ -375,7 +377,9 @@ class AsrStream(StageStream):
         m = self.stage.metrics
         m.stage_latency.labels("asr_final").observe(now - t0)
         if self.stage.admission is not None:
-            self.stage.admission.cost_model("asr").observe(out.compute_s * out.share, max(0.1, (end - seg.start) / 16000))
+            # a stream's cost is its interims' and its final's engine time per second of its speech
+            self.stage.admission.cost_model("asr").observe(seg.work_s + out.compute_s * out.share,
+                                                           max(0.1, (end - seg.start) / 16000))
         budget = self.opts["budget_final_ms"] / 1000.0
         if now - t0 > budget:
             m.budget_violations.labels("asr_final", "late").inc()
