@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import install_uvloop, machine, percentiles, record, speech_16k, start_server, today  # noqa: E402
+from common import install_uvloop, percentiles, record, speech_16k, start_server  # noqa: E402
 from stage_load import one  # noqa: E402
 
 
