@@ -27,6 +27,8 @@ $(VENV)/.installed: pyproject.toml
 	# torch only for export/reference tests; 2.13.0 is the CPU wheel these machines carry (no CUDA download)
 	$(VENV)/bin/python -m pip install -q torch==2.13.0 || echo "torch 2.13.0 not available: torch tests will skip"
 	$(VENV)/bin/python -m pip install -q -e '.[dev,bench,export]'
+	# Kokoro's voices (wakeword training/evaluation) are in the npm package kokoro-js: unpacked into the cache
+	$(VENV)/bin/voxserve-wakeword fetch-voices >/dev/null || echo "npm could not fetch kokoro-js: the Kokoro tests will skip"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -40,9 +40,10 @@ FLITE_VOICES = ["kal", "kal16", "awb", "rms", "slt"]
 
 @dataclass(frozen=True)
 class Voice:
-    engine: str          # "espeak", "flite" or "piper"
-    name: str            # espeak "voice+variant", flite voice, or "joe" (the packaged Piper voice)
-    rate: float          # espeak words/min, or flite duration stretch, or piper length scale
+    engine: str          # "espeak", "flite", "piper" or "kokoro"
+    name: str            # espeak "voice+variant", flite voice, "joe" (the packaged Piper voice), or a Kokoro
+                         # voice spec ("af_bella" or a blend "af_bella*0.6+am_adam", see kokoro.py)
+    rate: float          # espeak words/min, or flite duration stretch, or piper length scale, or kokoro speed
     pitch: float         # espeak 0-99, or flite f0 mean in Hz, or piper pitch shift in semitones
     data_path: str | None = None   # espeak-ng --path (a folder holding espeak-ng-data) for generated variants
     formant: float = 0.0           # piper: formant shift in semitones (vocal-tract length)
@@ -136,6 +137,10 @@ class PiperVoice:
 
 def synth(text: str, voice: Voice) -> np.ndarray:
     """``text`` spoken by ``voice``: 16 kHz float32, peak 0.7."""
+    if voice.engine == "kokoro":
+        from .kokoro import KokoroTTS
+
+        return KokoroTTS.get()(text, voice.name, voice.rate)          # trimmed, peak 0.7, cached on disk
     x = PiperVoice.get()(text, voice) if voice.engine == "piper" else _synth_program(text, voice)
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     return x / peak * 0.7 if peak > 0 else x
@@ -166,9 +171,11 @@ def synth_many(texts: list[str], voices: list[Voice], workers: int = 2) -> list[
         return [synth(t, v) for t, v in zip(texts, voices)]
     out: list = [None] * len(texts)
     with ThreadPoolExecutor(workers) as pool:
-        futures = {i: pool.submit(synth, t, v) for i, (t, v) in enumerate(zip(texts, voices)) if v.engine != "piper"}
-        for i, (t, v) in enumerate(zip(texts, voices)):       # the seeded neural voice: here, in order
-            if v.engine == "piper":
+        in_order = ("piper", "kokoro")            # neural voices: here, in order (each uses its own threads)
+        futures = {i: pool.submit(synth, t, v) for i, (t, v) in enumerate(zip(texts, voices))
+                   if v.engine not in in_order}
+        for i, (t, v) in enumerate(zip(texts, voices)):
+            if v.engine in in_order:
                 out[i] = synth(t, v)
         for i, f in futures.items():
             out[i] = f.result()

@@ -2,6 +2,7 @@
 
     voxserve-wakeword train "hey jarvis" --out models/wakeword/hey_jarvis.onnx
     voxserve-wakeword eval models/wakeword/hey_jarvis.onnx --phrase "hey jarvis" --out bench/wakeword
+    voxserve-wakeword fetch-voices      # the Kokoro voices (npm package kokoro-js), ahead of training
 """
 
 from __future__ import annotations
@@ -57,6 +58,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="pitch shift range of the neural voice in semitones, formants following at 0.2-0.5 of "
                         "it (default: %(default)s)")
     t.add_argument("--ensemble", type=int, default=d.ensemble, help="heads trained on independent data (seeds seed..seed+K-1), scores averaged")
+    t.add_argument("--confusable", type=int, default=d.confusable,
+                   help="sentences with a confusable word inside, synthetic voices, per head (default: %(default)s)")
+    t.add_argument("--kokoro-positives", type=int, default=d.kokoro_positives,
+                   help="natural-voice (Kokoro-82M) phrase clips shared by the heads; 0 with the next two: no "
+                        "Kokoro (default: %(default)s)")
+    t.add_argument("--kokoro-confusable", type=int, default=d.kokoro_confusable)
+    t.add_argument("--kokoro-sentences", type=int, default=d.kokoro_sentences)
+    t.add_argument("--tone-streams", type=int, default=d.tone_streams,
+                   help="20 s streams of tones, sweeps, chirps, sirens, DTMF and beeps per head")
+    t.add_argument("--start-share", type=float, default=d.start_share,
+                   help="share of positives said 0-0.4 s after their stream opens")
+    t.add_argument("--first-step", type=int, default=d.first_step,
+                   help="first 80 ms step the head is scored at (its warmup_steps; default: %(default)s)")
+    t.add_argument("--mine", type=int, default=d.mine, metavar="SENTENCES",
+                   help="hard-negative mining: score a separate pool of this many generated sentences (half with "
+                        "confusables) and tones with each trained head, add what it scores >= 0.05 and fine-tune")
+    t.add_argument("--mine-epochs", type=int, default=d.mine_epochs)
+    sub.add_parser("fetch-voices", help="unpack the Kokoro voices from the npm package kokoro-js into the cache")
     e = sub.add_parser("eval", help="FRR / false accepts per hour report with a DET curve")
     e.add_argument("model", type=Path)
     e.add_argument("--phrase", required=True)
@@ -65,9 +84,14 @@ def main(argv: list[str] | None = None) -> int:
                         "from the current directory, i.e. beside a checkout you run it in)")
     e.add_argument("--out", type=Path, default=Path("bench/wakeword"))
     e.add_argument("--positives", type=int, default=600)
-    e.add_argument("--synthetic-minutes", type=float, default=120.0,
-                   help="long synthetic speech added to the negatives (2 h resolves 0.5 false accepts/hour)")
-    e.add_argument("--max-fa-per-hour", type=float, default=0.5,
+    e.add_argument("--synthetic-minutes", type=float, default=540.0,
+                   help="long synthetic speech added to the negatives (with the other negatives over 10 h: "
+                        "0.1 false accepts/hour is one event)")
+    e.add_argument("--natural-positives", type=int, default=200, help="held-out Kokoro voices (0: none)")
+    e.add_argument("--confusable", type=int, default=600, help="confusable sentences, synthetic held-out voices")
+    e.add_argument("--natural-confusable", type=int, default=200, help="confusable sentences, held-out Kokoro voices")
+    e.add_argument("--tone-minutes", type=float, default=30.0)
+    e.add_argument("--max-fa-per-hour", type=float, default=0.1,
                    help="false-accept target of the operating point the report names (default: %(default)s)")
     e.add_argument("--write-threshold", action="store_true",
                    help="store the operating point's threshold in MODEL.json: the server then uses it for this "
@@ -77,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
 
     configure("info", "text")
     logging.getLogger("voxserve").setLevel(logging.INFO)
+    if args.command == "fetch-voices":
+        from .kokoro import model_path, voices_dir
+
+        print(voices_dir(fetch=True), model_path())
+        return 0
     if args.command == "train":
         from .wakeword_train import train
 
@@ -85,14 +114,19 @@ def main(argv: list[str] | None = None) -> int:
                           repitch=args.repitch, backgrounds=args.backgrounds, noise_over=args.noise_over,
                           ensemble=args.ensemble, dropout=args.dropout,
                           pos_weight_power=args.pos_weight_power, random_voices=args.random_voices,
-                          piper_voices=args.piper_voices, piper_pitch=_pair(args.piper_pitch))
+                          piper_voices=args.piper_voices, piper_pitch=_pair(args.piper_pitch),
+                          confusable=args.confusable, kokoro_positives=args.kokoro_positives,
+                          kokoro_confusable=args.kokoro_confusable, kokoro_sentences=args.kokoro_sentences,
+                          tone_streams=args.tone_streams, mine=args.mine, mine_epochs=args.mine_epochs, start_share=args.start_share, first_step=args.first_step)
         print(json.dumps(train(cfg, args.out)))
         return 0
     from .wakeword_eval import evaluate
 
     res = evaluate(args.model, args.phrase, args.shared, args.out, positives=args.positives,
                    synthetic_minutes=args.synthetic_minutes, max_fa_per_hour=args.max_fa_per_hour,
-                   write_threshold=args.write_threshold)
+                   write_threshold=args.write_threshold, natural_positives=args.natural_positives,
+                   confusable=args.confusable, natural_confusable=args.natural_confusable,
+                   tone_minutes=args.tone_minutes)
     print((args.out / "wakeword-eval.md").read_text())
     print(f"report: {args.out / 'wakeword-eval.md'}  DET: {args.out / 'wakeword-det.png'}", file=sys.stderr)
     return 0 if res else 1

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import tts
 from .augment import augment, mix_at_snr, synthetic_rir
-from .wakeword_train import HELD_OUT_FLITE, HELD_OUT_VARIANTS, FeatureExtractor, sliding_windows
+from .wakeword_train import HELD_OUT_FLITE, HELD_OUT_VARIANTS, N_EMB, FeatureExtractor, sliding_windows
 
 REFRACTORY_STEPS = 25          # 2 s of 80 ms steps
 EVAL_SEED = 987654
@@ -76,13 +76,58 @@ class EvalSet:
     negative_hours: float
     real_minutes: float
     synthetic_minutes: float
-    conditions: list[dict] = field(default_factory=list)   # per positive: noise file, snr_db, reverb
+    conditions: list[dict] = field(default_factory=list)   # per positive: noise file, snr_db, reverb, category
+    positive_categories: list[str] = field(default_factory=list)
+    negative_categories: list[str] = field(default_factory=list)
+    negative_seconds: list[float] = field(default_factory=list)
+    first_step: int = 25
 
 
-def build_eval_set(phrase: str, shared: Path, n: int, *, positives: int = 600, synthetic_minutes: float = 120.0,
-                   threads: int = 2) -> EvalSet:
+def _stream(rng, clip: np.ndarray, lead_s: float, tail_s: float, noise: list[np.ndarray], names: list[str],
+            snr_range=(5.0, 20.0)) -> tuple[np.ndarray, tuple[int, int], dict]:
+    """``clip`` in a stream ``lead_s`` after it opens, in a recorded noise (or white noise), maybe reverberant."""
+    reverb = bool(rng.random() < 0.5)
+    if reverb:
+        clip = np.convolve(clip, synthetic_rir(rng, rng.uniform(0.2, 0.6)))[: len(clip)]
+    lead, tail = int(lead_s * 16000), int(tail_s * 16000)
+    x = np.zeros(lead + len(clip) + tail, np.float32)
+    x[lead:lead + len(clip)] = clip
+    k = int(rng.integers(len(noise))) if noise else -1
+    bg = np.resize(noise[k], len(x)) if k >= 0 else rng.standard_normal(len(x)).astype(np.float32)
+    snr = float(rng.uniform(*snr_range))       # over the whole stream, so higher during the speech
+    x = mix_at_snr(x, bg, snr) * 10 ** (rng.uniform(-12, 0) / 20)
+    return x.astype(np.float32), (lead, lead + len(clip)), {"noise": names[k] if k >= 0 else "white",
+                                                            "snr_db": snr, "reverb": reverb}
+
+
+def _span_windows(embs: np.ndarray, n: int, span: tuple[int, int], pad: np.ndarray, first_step: int) -> np.ndarray:
+    """The head windows of the steps that end from the span's start to 1 s after its end."""
+    w = sliding_windows(embs, n, start=first_step, pad=pad)
+    ends = (np.arange(len(w)) + first_step) * 1280              # end sample of each scored step
+    return w[(ends >= span[0]) & (ends <= span[1] + 16000)]
+
+
+def build_eval_set(phrase: str, shared: Path, n: int, *, positives: int = 600, synthetic_minutes: float = 540.0,
+                   threads: int = 2, first_step: int = N_EMB + 9, natural_positives: int = 200,
+                   confusable: int = 600, natural_confusable: int = 200, tone_minutes: float = 30.0) -> EvalSet:
+    """The evaluation audio as the server streams it (front end from the start of each stream, windows
+    from ``first_step``: the head's ``warmup_steps``). Categories (``EvalSet.categories``):
+
+    positives -- ``synthetic`` (held-out espeak-ng variants and flite ``slt``, 1.5 s into a stream),
+    ``natural`` (held-out Kokoro voices and blends of them, the phrase inside an utterance with the eval lists'
+    fillers and commands, synthesised as one utterance), ``stream_start`` (both kinds, the phrase 0.3 s after
+    the stream opens); negatives -- ``real`` (every recording in ../shared/eval), ``confusable`` (one stream
+    per sentence with a confusable word inside, eval templates, synthetic and natural held-out voices: the share
+    that fires at least once), ``tones`` (tones, sweeps, chirps, sirens, DTMF, beeps, plucked music),
+    ``speech`` (``synthetic_minutes`` of random sentences in 60 s streams). Every draw comes from ``EVAL_SEED``;
+    the voices and text lists are disjoint from training's by construction."""
+    from .augment import plucked_music
+    from .wakeword_data import eval_kokoro_requests, tones
+    from .wakeword_text import confusable_sentences
+
     tts.require_espeak()
     fx = FeatureExtractor(threads)
+    pad = fx.fe.silent_emb
     rnd = random.Random(EVAL_SEED)
     rng = np.random.default_rng(EVAL_SEED)
     noise_names: list[str] = []
@@ -90,52 +135,78 @@ def build_eval_set(phrase: str, shared: Path, n: int, *, positives: int = 600, s
     if not speech:
         raise RuntimeError(f"no evaluation audio under {shared}/eval")
     flite = HELD_OUT_FLITE if tts.have_flite() else []
-    voices = tts.voice_pool(rnd, positives, variants=HELD_OUT_VARIANTS, flite_voices=flite, flite_share=0.2)
-    pos_streams, spans, conditions = [], [], []
-    for v in voices:
-        clip = tts.synth(phrase, v)
-        reverb = bool(rng.random() < 0.5)
-        if reverb:
-            clip = np.convolve(clip, synthetic_rir(rng, rng.uniform(0.2, 0.6)))[: len(clip)]
-        lead, tail = int(1.5 * 16000), int(1.0 * 16000)
-        x = np.zeros(lead + len(clip) + tail, np.float32)
-        x[lead:lead + len(clip)] = clip
-        k = int(rng.integers(len(noise))) if noise else -1
-        bg = np.resize(noise[k], len(x)) if k >= 0 else rng.standard_normal(len(x)).astype(np.float32)
-        snr = float(rng.uniform(5, 20))           # over the whole 4 s stream, so higher during the phrase
-        x = mix_at_snr(x, bg, snr) * 10 ** (rng.uniform(-12, 0) / 20)
-        conditions.append({"noise": noise_names[k] if k >= 0 else "white", "snr_db": snr, "reverb": reverb})
-        pos_streams.append(x.astype(np.float32))
-        spans.append((lead, lead + len(clip)))
-    pos_windows = []
-    for (a, b), embs in zip(spans, fx.stream_embeddings(pos_streams)):
-        w = sliding_windows(embs, n)
-        ends = (np.arange(len(w)) + n + 9) * 1280          # end sample of each scored step (1-based steps)
-        pos_windows.append(w[(ends >= a) & (ends <= b + 16000)])
-    # Negatives: real recordings (each its own stream) and long synthetic speech.
-    neg_streams = list(speech) + list(noise)
+
+    def held_out(k: int) -> list:
+        return tts.voice_pool(rnd, k, variants=HELD_OUT_VARIANTS, flite_voices=flite, flite_share=0.2)
+
+    items: list[tuple[str, str, tts.Voice, float]] = []       # (category, text, voice, lead_s)
+    for v in held_out(positives):
+        items.append(("synthetic", phrase, v, 1.5))
+    nat_conf: list = []
+    if natural_positives or natural_confusable:
+        from . import kokoro
+
+        if kokoro.available():
+            nat_pos, nat_conf = eval_kokoro_requests(phrase, EVAL_SEED, natural_positives, natural_confusable)
+            items += [("natural", p.text, p.voice, 1.5) for p in nat_pos]
+            items += [("stream_start", p.text, p.voice, 0.3) for p in nat_pos[: len(nat_pos) // 2]]
+    for v in held_out(max(1, positives // 4)):
+        items.append(("stream_start", phrase, v, 0.3))
+    clips = tts.synth_many([t for _, t, _, _ in items], [v for _, _, v, _ in items], workers=threads)
+    pos_streams, spans, conditions, pos_cats, voice_names = [], [], [], [], []
+    for (cat, _, v, lead), clip in zip(items, clips):
+        x, span, cond = _stream(rng, clip, lead, 1.0, noise, noise_names)
+        pos_streams.append(x)
+        spans.append(span)
+        conditions.append({**cond, "category": cat})
+        pos_cats.append(cat)
+        voice_names.append(v.name if v.engine == "kokoro" else v.key().split("+")[-1])
+    pos_windows = [_span_windows(e, n, sp, pad, first_step) for sp, e in zip(spans, fx.stream_embeddings(pos_streams))]
+
+    neg_streams: list[np.ndarray] = []
+    neg_cats: list[str] = []
+
+    def add(x: np.ndarray, cat: str) -> None:
+        neg_streams.append(x.astype(np.float32))
+        neg_cats.append(cat)
+
+    for x in list(speech) + list(noise):
+        add(x, "real")
     real_s = sum(len(x) for x in neg_streams) / 16000
-    synth_parts, synth_s = [], 0.0
+    conf_texts = confusable_sentences(rnd, phrase, confusable, "eval")
+    conf_voices = held_out(len(conf_texts))
+    conf_items = list(zip(conf_texts, conf_voices)) + list(nat_conf)
+    for clip in tts.synth_many([t for t, _ in conf_items], [v for _, v in conf_items], workers=threads):
+        x, _, _ = _stream(rng, clip, 1.5, 1.0, noise, noise_names, snr_range=(10.0, 30.0))
+        add(x, "confusable")
+    tone_s = 0.0
+    while tone_s < tone_minutes * 60:
+        x = tones(rng, 60.0) if len(neg_cats) % 3 else plucked_music(rng, 60 * 16000).astype(np.float32) * 0.3
+        add(x + rng.standard_normal(len(x)).astype(np.float32) * 10 ** (rng.uniform(-80, -50) / 20), "tones")
+        tone_s += len(x) / 16000
     sent_voices = tts.voice_pool(rnd, 4000)
-    i = 0
+    synth_s, chunk = 0.0, []
     while synth_s < synthetic_minutes * 60:
-        y = augment(rng, tts.synth(tts.random_sentence(rnd, 6, 20), sent_voices[i % len(sent_voices)]), noise)
-        synth_parts.append(y)
-        synth_parts.append(np.zeros(int(rng.uniform(0.2, 1.0) * 16000), np.float32))
-        synth_s += (len(y) + len(synth_parts[-1])) / 16000
-        i += 1
-    chunk = []
-    for part in synth_parts:                 # 60 s streams, as long-running device streams would be
-        chunk.append(part)
-        if sum(len(c) for c in chunk) > 60 * 16000:
-            neg_streams.append(np.concatenate(chunk))
-            chunk = []
+        texts = [tts.random_sentence(rnd, 6, 20) for _ in range(int(min(400, max(10, (synthetic_minutes * 60 - synth_s) / 4))))]
+        vs = [sent_voices[(len(chunk) + i) % len(sent_voices)] for i in range(len(texts))]
+        for y in tts.synth_many(texts, vs, workers=threads):
+            y = augment(rng, y, noise)
+            gap = np.zeros(int(rng.uniform(0.2, 1.0) * 16000), np.float32)
+            chunk += [y, gap]
+            synth_s += (len(y) + len(gap)) / 16000
+            if sum(len(c) for c in chunk) > 60 * 16000:   # 60 s streams, as long-running device streams would be
+                add(np.concatenate(chunk), "speech")
+                chunk = []
     if chunk:
-        neg_streams.append(np.concatenate(chunk))
-    neg_windows = [sliding_windows(e, n) for e in fx.stream_embeddings(neg_streams)]
+        add(np.concatenate(chunk), "speech")
+    neg_windows = [sliding_windows(e, n, start=first_step, pad=pad) for e in fx.stream_embeddings(neg_streams)]
     hours = sum(len(x) for x in neg_streams) / 16000 / 3600
-    return EvalSet(phrase, n, [v.key().split("+")[-1] for v in voices], pos_windows, neg_windows, hours,
-                   real_s / 60, synth_s / 60, conditions)
+    es = EvalSet(phrase, n, voice_names, pos_windows, neg_windows, hours, real_s / 60, synth_s / 60, conditions)
+    es.positive_categories = pos_cats
+    es.negative_categories = neg_cats
+    es.negative_seconds = [len(x) / 16000 for x in neg_streams]
+    es.first_step = first_step
+    return es
 
 
 def operating_point(pos_max: np.ndarray, neg_scores: list[np.ndarray], hours: float,
@@ -179,14 +250,40 @@ def score_eval_set(score, es: EvalSet, max_fa_per_hour: float = 0.5) -> dict:
         return {k: {"positives": len(v), "miss_rate": round(float(np.mean(np.array(v) < 0.5)), 3)}
                 for k, v in sorted(groups.items())}
 
+    def categories(thr: float) -> dict:
+        """Per category at ``thr``: positives missed, negatives' false accepts per hour, and for confusable
+        sentences the share of sentences that fire at least once."""
+        out: dict = {}
+        pcats = getattr(es, "positive_categories", []) or ["synthetic"] * len(pos_arr)
+        for cat in sorted(set(pcats)):
+            sel = pos_arr[np.array([c == cat for c in pcats])]
+            out[f"positives: {cat}"] = {"count": int(len(sel)), "miss_rate": round(float((sel < thr).mean()), 4)}
+        ncats = getattr(es, "negative_categories", []) or ["all"] * len(neg_scores)
+        secs = getattr(es, "negative_seconds", []) or [es.negative_hours * 3600 / max(1, len(neg_scores))] * len(neg_scores)
+        for cat in sorted(set(ncats)):
+            idx = [i for i, c in enumerate(ncats) if c == cat]
+            events = sum(count_events(neg_scores[i], thr) for i in idx)
+            hours = sum(secs[i] for i in idx) / 3600
+            row = {"streams": len(idx), "hours": round(hours, 3), "false_accepts": events,
+                   "fa_per_hour": round(events / hours, 3) if hours else None}
+            if cat == "confusable":
+                fired = sum(1 for i in idx if len(neg_scores[i]) and float(neg_scores[i].max()) >= thr)
+                row["share_fired"] = round(fired / max(1, len(idx)), 4)
+            out[f"negatives: {cat}"] = row
+        return out
+
     snr_band = lambda c: f"{int(c['snr_db'] // 5) * 5:>2}-{int(c['snr_db'] // 5) * 5 + 5} dB"   # noqa: E731
     conditions = {"noise": by_condition(lambda c: c["noise"]), "snr": by_condition(snr_band),
                   "reverb": by_condition(lambda c: "reverberant" if c["reverb"] else "dry")}
+    op = operating_point(pos_arr, neg_scores, es.negative_hours, max_fa_per_hour)
     return {"phrase": es.phrase, "positives": len(pos_arr), "negative_hours": round(es.negative_hours, 3),
+            "first_step": getattr(es, "first_step", 25),
+            "by_category_at_operating_point": categories(op["threshold"]) if op else None,
+            "by_category_at_0.5": categories(0.5),
             "negative_real_minutes": round(es.real_minutes, 2),
             "negative_synthetic_minutes": round(es.synthetic_minutes, 2),
             "at_threshold_0.5": next(r for r in rows if abs(r["threshold"] - 0.5) < 1e-9), "det": rows,
-            "operating_point": operating_point(pos_arr, neg_scores, es.negative_hours, max_fa_per_hour),
+            "operating_point": op,
             "miss_rate_by_voice_at_0.5": {k: round(float(np.mean(np.array(v) < 0.5)), 3)
                                           for k, v in sorted(by_voice.items())},
             "positives_by_voice": {k: len(v) for k, v in sorted(by_voice.items())},
@@ -194,8 +291,8 @@ def score_eval_set(score, es: EvalSet, max_fa_per_hour: float = 0.5) -> dict:
 
 
 def evaluate(model: Path, phrase: str, shared: Path, out_dir: Path, *, positives: int = 600,
-             synthetic_minutes: float = 120.0, threads: int = 2, max_fa_per_hour: float = 0.5,
-             write_threshold: bool = False) -> dict:
+             synthetic_minutes: float = 540.0, threads: int = 2, max_fa_per_hour: float = 0.1,
+             write_threshold: bool = False, **sizes) -> dict:
     """Evaluate ``model``, write the report; with ``write_threshold``, store the operating point's threshold
     in the head's .json (``threshold``: the server's default for that head)."""
     from voxserve.server.stages.wakeword_model import Head
@@ -203,7 +300,7 @@ def evaluate(model: Path, phrase: str, shared: Path, out_dir: Path, *, positives
     t0 = time.time()
     head = Head.load(model)
     es = build_eval_set(phrase, shared, head.n_embeddings, positives=positives,
-                        synthetic_minutes=synthetic_minutes, threads=threads)
+                        synthetic_minutes=synthetic_minutes, threads=threads, first_step=head.warmup_steps, **sizes)
     result = {"model": str(model), **score_eval_set(head.score, es, max_fa_per_hour),
               "seconds": round(time.time() - t0, 1)}
     op = result["operating_point"]
@@ -228,11 +325,15 @@ def evaluate(model: Path, phrase: str, shared: Path, out_dir: Path, *, positives
 def report_markdown(r: dict) -> str:
     at = r["at_threshold_0.5"]
     lines = [f"# Wakeword evaluation: {Path(r['model']).name} ({r['phrase']!r})", "",
-             f"- positives: {r['positives']} held-out synthetic voices with real recorded noise (5-20 dB SNR)",
+             f"- positives: {r['positives']} in voices training never used (held-out espeak-ng variants, flite slt, "
+             f"held-out Kokoro voices and their blends) with real recorded noise (5-20 dB SNR over the stream)",
              f"- negatives: {r['negative_hours']:.3f} h ({r['negative_real_minutes']} min real recordings from "
-             f"../shared/eval, {r['negative_synthetic_minutes']} min synthetic speech)",
+             f"../shared/eval, {r['negative_synthetic_minutes']} min synthetic speech, confusable sentences, tones "
+             f"and music)",
              f"- at threshold 0.5: **FRR {at['frr'] * 100:.1f} %**, **{at['fa_per_hour']:.2f} false accepts/hour** "
-             f"({at['false_accepts']} events)", operating_line(r.get("operating_point")), "",
+             f"({at['false_accepts']} events)", operating_line(r.get("operating_point")),
+             f"- scored from step {r.get('first_step', 25)} of each stream ({r.get('first_step', 25) * 80} ms)", "",
+             *category_lines(r), "",
              "| threshold | FRR % | false accepts | FA/hour |", "|---|---|---|---|"]
     for row in r["det"]:
         lines.append(f"| {row['threshold']:.2f} | {row['frr'] * 100:.1f} | {row['false_accepts']} | "
@@ -250,6 +351,23 @@ def report_markdown(r: dict) -> str:
         for voice, rate in voices.items():
             lines.append(f"| voice: {voice} | {counts.get(voice, '')} | {rate * 100:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def category_lines(r: dict) -> list[str]:
+    op = r.get("operating_point")
+    cats = r.get("by_category_at_operating_point") if op else r.get("by_category_at_0.5")
+    if not cats:
+        return []
+    thr = op["threshold"] if op else 0.5
+    lines = [f"By category at threshold {thr:.2f}:", "", "| category | count | missed % | FA/hour | fired % |",
+             "|---|---|---|---|---|"]
+    for name, row in cats.items():
+        count = row.get("count", row.get("streams"))
+        miss = f"{row['miss_rate'] * 100:.1f}" if "miss_rate" in row else ""
+        fa = "" if row.get("fa_per_hour") is None else f"{row['fa_per_hour']:.2f} ({row['false_accepts']} in {row['hours']} h)"
+        fired = f"{row['share_fired'] * 100:.1f}" if "share_fired" in row else ""
+        lines.append(f"| {name} | {count} | {miss} | {fa} | {fired} |")
+    return lines
 
 
 def operating_line(op: dict | None) -> str:
@@ -276,7 +394,7 @@ def plot_det(rows: list[dict], path: Path, name: str) -> None:
     ax.set_ylabel("false rejection rate (%)")
     ax.set_title(f"DET: {name}")
     ax.axhline(5, color="grey", ls=":")
-    ax.axvline(0.5, color="grey", ls=":")
+    ax.axvline(0.1, color="grey", ls=":")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

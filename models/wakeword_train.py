@@ -44,13 +44,15 @@ import json
 import logging
 import random
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import tts
+from . import kokoro, tts
 from .augment import VoiceShifter, augment, background_bank, colored_noise
+from .wakeword_text import confusable_sentences
 
 log = logging.getLogger("voxserve.wakeword.train")
 
@@ -116,6 +118,17 @@ class TrainConfig:
     random_voices: float = 0.0  # share of espeak voices that use a generated variant (tts.RandomVariants)
     piper_voices: float = 0.2   # share of all voices that are the neural Piper voice (tts.PiperVoice), shifted
     piper_pitch: tuple[float, float] = (0.0, 10.0)   # its pitch shift range in semitones (formants follow)
+    confusable: int = 1500     # sentences with a confusable word inside, from the synthetic voices (per head)
+    kokoro_positives: int = 500    # natural-voice (Kokoro, training voices) clips, shared by every head:
+    kokoro_confusable: int = 400   # phrase, confusable sentences, ordinary sentences (0 = no Kokoro)
+    kokoro_sentences: int = 100
+    kokoro_seed: int | None = None  # the Kokoro pool's seed (train(): the base seed, so heads share one pool)
+    tone_streams: int = 40     # 20 s streams of tones, sweeps, chirps, sirens, DTMF, beeps (per head)
+    start_share: float = 0.3   # share of positives said 0-0.4 s after their stream opens
+    mine: int = 0              # hard-negative mining: sentences in a separate generated pool (half with confusables)
+    mine_epochs: int = 6       # fine-tuning epochs with the mined windows added
+    first_step: int = 4        # the head scores from this step on (80 ms each, 1-based); earlier steps hold the
+                               # front end's silent padding, which training sees like the server does
 
 
 def place_at_end(rng: np.random.Generator, clip: np.ndarray, total: int, tail: int) -> np.ndarray:
@@ -174,8 +187,19 @@ class FeatureExtractor:
         return out  # type: ignore[return-value]
 
 
-def sliding_windows(embs: np.ndarray, n: int = N_EMB, start: int = N_EMB + 9) -> np.ndarray:
-    """Every head input a stream produces from step ``start`` on (the server's warm-up rule)."""
+def sliding_windows(embs: np.ndarray, n: int = N_EMB, start: int = N_EMB + 9,
+                    pad: np.ndarray | None = None) -> np.ndarray:
+    """Every head input a stream produces from step ``start`` (1-based: step j ends at j x 80 ms) on.
+
+    With ``pad`` (the front end's silent embedding history, ``WakewordFrontEnd.silent_emb``) the windows of
+    early steps hold the silence a stream starts with, exactly as the server scores them; without it only
+    steps whose N embeddings all come from the stream exist (``start`` >= N)."""
+    if pad is not None:
+        full = np.concatenate([pad[-n:], embs])
+        first = max(1, start)
+        if len(embs) < first:
+            return np.zeros((0, n, embs.shape[1]), np.float32)
+        return np.stack([full[j: j + n] for j in range(first, len(embs) + 1)])
     if len(embs) < start:
         return np.zeros((0, n, embs.shape[1]), np.float32)
     return np.stack([embs[j - n + 1: j + 1] for j in range(start - 1, len(embs))])
@@ -249,11 +273,34 @@ def _build_dataset(cfg: TrainConfig, fx: FeatureExtractor,
         end = total - tail
         return augment(rng, x, bank, speech=(max(0, end - len(clip)), end))
 
+    def positive_stream(words: np.ndarray, phrase_end: int, lead_s: float) -> np.ndarray:
+        """A stream that starts ``lead_s`` before ``words`` and is cut 0-160 ms after the phrase ends inside
+        them (a command may go on after it: the head must fire while it is still being spoken). Streams
+        with a short lead put the phrase at the start of a stream (the front end's silent padding in view)."""
+        lead = int(lead_s * 16000)
+        cut = -(-(lead + phrase_end + int(rng.uniform(0.0, 0.16) * 16000)) // 1280) * 1280   # whole steps
+        x = (colored_noise(rng, cut, "pink") * 10 ** (rng.uniform(-75, -55) / 20)).astype(np.float32)
+        seg = words[: cut - lead]
+        if noise_over_clip():
+            x[lead:lead + len(seg)] += augment(rng, seg, bank)
+            return x
+        x[lead:lead + len(seg)] += seg
+        return augment(rng, x, bank, speech=(lead, lead + len(seg)))
+
+    from .wakeword_data import join_positive, kokoro_requests, positive_requests, synth_positives, tones
+
     pos_streams = []
-    pos_voices = voices(cfg.positives)
-    for spoken in speak([cfg.phrase] * len(pos_voices), pos_voices):
-        for clip in with_copy(spoken):
-            pos_streams.append(phrase_stream(clip, 0.16))
+    pos_reqs = positive_requests(rnd, cfg.phrase, cfg.positives, lambda r: voices(1)[0], "train", cfg.start_share)
+    kreqs = None
+    if cfg.kokoro_positives or cfg.kokoro_confusable or cfg.kokoro_sentences:
+        kreqs = kokoro_requests(cfg.phrase, cfg.kokoro_seed if cfg.kokoro_seed is not None else cfg.seed, "train",
+                                cfg.kokoro_positives, cfg.kokoro_confusable, cfg.kokoro_sentences)
+        pos_reqs = pos_reqs + kreqs.positives
+    for req, (before, clip, after) in zip(pos_reqs, synth_positives(pos_reqs, cfg.phrase, cfg.threads)):
+        words, end = join_positive(rng, before, clip, after)
+        pos_streams.append(positive_stream(words, end, req.lead_s))
+        if shifter is not None and rng.random() < cfg.repitch:
+            pos_streams.append(positive_stream(reshaped(words), end, req.lead_s))
     adv = near_phrases(cfg.phrase)
     neg_streams = []
     adv_voices = voices(cfg.adversarial)
@@ -262,34 +309,48 @@ def _build_dataset(cfg: TrainConfig, fx: FeatureExtractor,
             neg_streams.append(phrase_stream(clip, 0.3))
     log.info("synthesised phrases", extra={"positives": len(pos_streams), "adversarial": len(neg_streams),
                                            "seconds": round(time.time() - t0, 1)})
-    long_streams = []
+
+    def sentence_streams(sentences: list[np.ndarray], per_stream: int = 10) -> list[np.ndarray]:
+        out = []
+        for i in range(0, len(sentences), per_stream):
+            parts = []
+            reshape = shifter is not None and rng.random() < cfg.repitch / 4    # re-pitched speech is not a cue
+            for sentence in sentences[i:i + per_stream]:
+                sentence = reshaped(sentence) if reshape else sentence
+                if noise_over_clip():
+                    parts.append(augment(rng, sentence, bank))
+                    parts.append(np.zeros(int(rng.uniform(0.1, 0.8) * 16000), np.float32))
+                else:                                   # the pause before the sentence hears its noise too
+                    gap = int(rng.uniform(0.1, 0.8) * 16000)
+                    parts.append(augment(rng, np.concatenate([np.zeros(gap, np.float32), sentence]), bank,
+                                         speech=(gap, gap + len(sentence))))
+            out.append(np.concatenate(parts))
+        return out
+
     sent_voices = voices(cfg.sentences)
-    sentences = speak([tts.random_sentence(rnd) for _ in sent_voices], sent_voices)
-    for i in range(0, cfg.sentences, 10):
-        parts = []
-        reshape = shifter is not None and rng.random() < cfg.repitch / 4    # re-pitched speech is not a cue
-        for sentence in sentences[i:i + 10]:
-            sentence = reshaped(sentence) if reshape else sentence
-            if noise_over_clip():
-                parts.append(augment(rng, sentence, bank))
-                parts.append(np.zeros(int(rng.uniform(0.1, 0.8) * 16000), np.float32))
-            else:                                   # the pause before the sentence hears its noise too
-                gap = int(rng.uniform(0.1, 0.8) * 16000)
-                parts.append(augment(rng, np.concatenate([np.zeros(gap, np.float32), sentence]), bank,
-                                     speech=(gap, gap + len(sentence))))
-        long_streams.append(np.concatenate(parts))
+    long_streams = sentence_streams(speak([tts.random_sentence(rnd) for _ in sent_voices], sent_voices))
+    conf_voices = voices(cfg.confusable)              # confusable words inside running sentences
+    long_streams += sentence_streams(speak(confusable_sentences(rnd, cfg.phrase, cfg.confusable, "train"),
+                                           conf_voices), per_stream=4)
+    if kreqs is not None:                             # the natural voice says ordinary and confusable sentences too
+        for group in (kreqs.confusable, kreqs.ordinary):
+            if group:
+                long_streams += sentence_streams(speak([t for t, _ in group], [v for _, v in group]), per_stream=4)
     for i in range(cfg.noise_streams):
         if bank and i % 2:
             x = np.resize(bank[int(rng.integers(len(bank)))], 16000 * 8)
         else:
             x = colored_noise(rng, 16000 * 8, rnd.choice(["white", "pink", "brown"]))
         long_streams.append(x * 10 ** (rng.uniform(-50, -10) / 20))
+    for _ in range(cfg.tone_streams):                # tones, sweeps, chirps, sirens, DTMF, beeps
+        x = tones(rng, 20.0)
+        long_streams.append(x + colored_noise(rng, len(x), "pink").astype(np.float32) * 10 ** (rng.uniform(-70, -40) / 20))
     log.info("synthesised long negatives", extra={"streams": len(long_streams), "seconds": round(time.time() - t0, 1)})
 
-    last = N_EMB + 2
-    pos_x = [sliding_windows(e, start=N_EMB)[-3:] for e in fx.stream_embeddings(pos_streams, last=last)]
-    adv_x = [sliding_windows(e, start=N_EMB)[-3:] for e in fx.stream_embeddings(neg_streams, last=last)]
-    long_x = [sliding_windows(e) for e in fx.stream_embeddings(long_streams)]
+    pad = fx.fe.silent_emb
+    pos_x = [sliding_windows(e, pad=pad, start=1)[-3:] for e in fx.stream_embeddings(pos_streams)]
+    adv_x = [sliding_windows(e, start=N_EMB)[-3:] for e in fx.stream_embeddings(neg_streams, last=N_EMB + 2)]
+    long_x = [sliding_windows(e, pad=pad, start=cfg.first_step) for e in fx.stream_embeddings(long_streams)]
     X = np.concatenate(pos_x + adv_x + long_x)
     if not np.isfinite(X).all():
         raise RuntimeError("training features are not finite: the augmentation produced NaN or inf audio")
@@ -297,6 +358,43 @@ def _build_dataset(cfg: TrainConfig, fx: FeatureExtractor,
                         np.zeros(sum(len(w) for w in long_x))]).astype(np.float32)
     log.info("features", extra={"windows": len(X), "positive": int(y.sum()), "seconds": round(time.time() - t0, 1)})
     return X.astype(np.float32), y
+
+
+def mine_hard_negatives(model, cfg: TrainConfig, fx: FeatureExtractor, keep: int = 30000,
+                        floor: float = 0.05) -> np.ndarray:
+    """Head windows from a pool of ``cfg.mine`` generated sentences (half with a confusable word inside, half
+    ordinary; training voices; its own seed, so none of the training data) and tone streams that the trained
+    ``model`` scores at ``floor`` or more: at most ``keep``, highest first."""
+    import torch
+
+    rnd = random.Random(f"mine-{cfg.seed}")
+    rng = np.random.default_rng(cfg.seed + 7919)
+    t0 = time.time()
+    vs = tts.voice_pool(rnd, cfg.mine, variants=TRAIN_VARIANTS, flite_voices=TRAIN_FLITE,
+                        piper_share=cfg.piper_voices, piper_pitch=tuple(cfg.piper_pitch))
+    texts = confusable_sentences(rnd, cfg.phrase, cfg.mine // 2, "train")
+    texts += [tts.random_sentence(rnd) for _ in range(cfg.mine - len(texts))]
+    clips = tts.synth_many(texts, vs, workers=cfg.threads)
+    streams = []
+    for i in range(0, len(clips), 6):
+        parts = []
+        for c in clips[i:i + 6]:
+            parts += [augment(rng, c, None), np.zeros(int(rng.uniform(0.1, 0.6) * 16000), np.float32)]
+        streams.append(np.concatenate(parts))
+    from .wakeword_data import tones
+
+    streams += [tones(rng, 20.0) for _ in range(max(1, cfg.mine // 100))]
+    pad = fx.fe.silent_emb
+    W = np.concatenate([sliding_windows(e, pad=pad, start=cfg.first_step) for e in fx.stream_embeddings(streams)])
+    model.eval()
+    with torch.no_grad():
+        scores = np.concatenate([model(torch.from_numpy(W[i:i + 4096])).squeeze(1).numpy()
+                                 for i in range(0, len(W), 4096)])
+    order = np.argsort(-scores, kind="stable")
+    order = order[scores[order] >= floor][:keep]
+    log.info("mined hard negatives", extra={"pool_windows": len(W), "kept": len(order),
+                                            "above_0.5": int((scores >= 0.5).sum()), "seconds": round(time.time() - t0, 1)})
+    return W[np.sort(order)].astype(np.float32)
 
 
 def make_head(n: int = N_EMB, dropout: float = 0.0):
@@ -310,13 +408,19 @@ def make_head(n: int = N_EMB, dropout: float = 0.0):
         torch.nn.Linear(64, 64), torch.nn.LayerNorm(64), torch.nn.ReLU(), torch.nn.Linear(64, 1), torch.nn.Sigmoid())
 
 
-def train_head(X: np.ndarray, y: np.ndarray, cfg: TrainConfig):
+def train_head(X: np.ndarray, y: np.ndarray, cfg: TrainConfig, model=None, epochs: int | None = None,
+               lr: float = 1e-3):
+    """Train a new head (or go on training ``model``: hard-negative fine-tuning) for ``epochs``."""
     import torch
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    model = make_head(dropout=cfg.dropout)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-3)
+    if model is None:
+        model = make_head(dropout=cfg.dropout)
+    model.train()
+    epochs = cfg.epochs if epochs is None else epochs
+    cfg = dataclasses.replace(cfg, epochs=epochs)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     n_pos = float(y.sum())
     w_pos = max(1.0, (len(y) - n_pos) / max(n_pos, 1.0)) ** cfg.pos_weight_power   # partial re-balancing
@@ -374,9 +478,10 @@ def export_head(model, out: Path, cfg: TrainConfig, extra: dict) -> None:
     import dataclasses
 
     meta = {"name": out.stem, "phrase": cfg.phrase, "features": "oww", "embeddings": N_EMB,
+            "warmup_steps": cfg.first_step,
             "trained_with": "voxserve-wakeword train", "config": dataclasses.asdict(cfg),
             "seed": cfg.seed, "held_out_variants": HELD_OUT_VARIANTS,
-            "held_out_flite": HELD_OUT_FLITE, **extra}
+            "held_out_flite": HELD_OUT_FLITE, "held_out_kokoro": kokoro.HELD_OUT_VOICES, **extra}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -396,9 +501,17 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     fx = FeatureExtractor(cfg.threads)
     members, windows, positives = [], 0, 0
     for k in range(max(1, cfg.ensemble)):
-        member_cfg = dataclasses.replace(cfg, seed=cfg.seed + k, noise_over=noise_modes[k % len(noise_modes)])
+        member_cfg = dataclasses.replace(cfg, seed=cfg.seed + k, noise_over=noise_modes[k % len(noise_modes)],
+                                         kokoro_seed=cfg.seed if cfg.kokoro_seed is None else cfg.kokoro_seed)
         X, y = build_dataset(member_cfg, fx)
-        members.append(train_head(X, y, member_cfg))
+        head = train_head(X, y, member_cfg)
+        if cfg.mine > 0:
+            hard = mine_hard_negatives(head, member_cfg, fx)
+            if len(hard):
+                X = np.concatenate([X, hard])
+                y = np.concatenate([y, np.zeros(len(hard), np.float32)])
+                head = train_head(X, y, member_cfg, model=head, epochs=cfg.mine_epochs, lr=3e-4)
+        members.append(head)
         windows, positives = windows + int(len(y)), positives + int(y.sum())
     stats = {"windows": windows, "positives": positives, "members": len(members),
              "train_seconds": round(time.time() - t0, 1)}

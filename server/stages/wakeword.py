@@ -9,9 +9,12 @@ One request per stream and flavour is in flight at a time; steps that arrive mea
 reported with a ``budget`` event). Budget: ``budget_ms`` from the arrival of a step's audio to its
 scores (default 200 ms).
 
-Warm-up: a head is scored only once all N of its embeddings come from the stream's own audio
-(step N + 9: 2.0 s for N = 16), never from the silence the histories start with; heads were trained
-on real audio and score digital silence unpredictably.
+Warm-up (no blind start): the front end's histories start as a stream that has heard digital silence
+(``WakewordFrontEnd.initial_state``). A head trained on that padding (``warmup_steps`` in its .json; the
+heads ``voxserve-wakeword train`` makes: step 4, 0.32 s) is scored from that step on, so a phrase said as a
+stream opens is found; other heads are scored only once all N of their embeddings come from the stream's own
+audio (step N + 9: 2.0 s for N = 16), since they were trained on real audio only and score the padding
+unpredictably.
 
 VAD gating: with ``gating`` on, steps are computed only while the VAD hears speech (and for
 ``gate_hangover_ms`` after). When speech starts, the last 9 + N steps (N = the longest head input of
@@ -323,7 +326,7 @@ class WakewordStream(StageStream):
         head = self.stage.heads[name]
         if o["threshold"] is None:                                      # neither set: the head's calibrated one
             o["threshold"] = head.threshold
-        warmup = head.n_embeddings + 9       # first step whose N embeddings all come from stream audio
+        warmup = head.warmup_steps           # see "Warm-up" above
         for j, score in enumerate(scores):
             step = first + j
             if np.isnan(score) or step < warmup:

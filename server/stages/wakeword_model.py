@@ -11,7 +11,10 @@ input (``oww``: samples x 32768), livekit-wakeword heads on [-1, 1] floats (``fl
 flavour is read from ``<head>.json`` (``{"features": "oww"|"float"}``) if present, else guessed:
 input named ``embeddings`` = livekit = ``float``, otherwise ``oww``. The same file may carry the head's
 calibrated operating point (``{"threshold": 0.6}``), the threshold a stream uses for that head unless it
-sets one (:data:`DEFAULT_THRESHOLD` for heads without one).
+sets one (:data:`DEFAULT_THRESHOLD` for heads without one), and ``warmup_steps``: the first step it may be
+scored at. Heads trained on the silent padding a stream starts with (``voxserve-wakeword train``: step 4,
+0.32 s) can fire from the start of a stream; heads without the key wait until all their N embeddings come
+from stream audio (step N + 9: 2.0 s for N = 16), as they were trained.
 
 Per-stream state is explicit and passed in and out of :meth:`WakewordFrontEnd.run_batch`, so many
 streams share one batched engine call per model: the *acoustic* state (by default the incremental
@@ -73,6 +76,11 @@ class Head:
     output_name: str
     batchable: bool
     threshold: float = DEFAULT_THRESHOLD   # calibrated operating point (``threshold`` in <head>.json)
+    warmup_steps: int = 0                  # first 80 ms step (1-based) the head is scored at; 0: n_embeddings + 9
+
+    def __post_init__(self) -> None:
+        if not self.warmup_steps:
+            self.warmup_steps = self.n_embeddings + 9
 
     @classmethod
     def load(cls, path: str | Path, engine_kind: str = "onnxruntime-cpu", name: str | None = None) -> "Head":
@@ -97,6 +105,7 @@ class Head:
         flavour = "float" if spec.name == "embeddings" else "oww"
         meta = path.with_suffix(".json")
         threshold = DEFAULT_THRESHOLD
+        warmup = 0
         if meta.exists():
             try:
                 info = json.loads(meta.read_text())
@@ -105,13 +114,17 @@ class Head:
             flavour = info.get("features", flavour)
             name = name or info.get("name")
             threshold = info.get("threshold", threshold)
+            warmup = info.get("warmup_steps", 0)
+            if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup <= 10_000:
+                raise HeadError(f"wakeword head {path}: {meta.name} warmup_steps must be a whole number of 80 ms "
+                                f"steps, got {warmup!r}")
             if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
                 raise HeadError(f"wakeword head {path}: {meta.name} threshold must be a number in (0, 1], "
                                 f"got {threshold!r}")
         if flavour not in FLAVOURS:
             raise HeadError(f"wakeword head {path}: unknown features flavour {flavour!r} (use oww or float)")
         return cls(name or path.stem, path, engine, int(shape[1]), flavour, spec.name, out.name,
-                   batchable=shape[0] is None, threshold=float(threshold))
+                   batchable=shape[0] is None, threshold=float(threshold), warmup_steps=int(warmup))
 
     def score(self, windows: np.ndarray) -> np.ndarray:
         """[n, N, 96] -> [n] scores (loops when the head has a fixed batch of 1)."""
