@@ -81,6 +81,7 @@ class EvalSet:
     negative_categories: list[str] = field(default_factory=list)
     negative_seconds: list[float] = field(default_factory=list)
     first_step: int = 25
+    positive_steps: list[np.ndarray] = field(default_factory=list)   # the step (1-based) of each positive window
 
 
 def _stream(rng, clip: np.ndarray, lead_s: float, tail_s: float, noise: list[np.ndarray], names: list[str],
@@ -100,11 +101,13 @@ def _stream(rng, clip: np.ndarray, lead_s: float, tail_s: float, noise: list[np.
                                                             "snr_db": snr, "reverb": reverb}
 
 
-def _span_windows(embs: np.ndarray, n: int, span: tuple[int, int], pad: np.ndarray, first_step: int) -> np.ndarray:
-    """The head windows of the steps that end from the span's start to 1 s after its end."""
+def _span_windows(embs: np.ndarray, n: int, span: tuple[int, int], pad: np.ndarray,
+                  first_step: int) -> tuple[np.ndarray, np.ndarray]:
+    """The head windows of the steps that end from the span's start to 1 s after its end, and those steps."""
     w = sliding_windows(embs, n, start=first_step, pad=pad)
-    ends = (np.arange(len(w)) + first_step) * 1280              # end sample of each scored step
-    return w[(ends >= span[0]) & (ends <= span[1] + 16000)]
+    steps = np.arange(len(w)) + first_step
+    keep = (steps * 1280 >= span[0]) & (steps * 1280 <= span[1] + 16000)     # end sample of each step
+    return w[keep], steps[keep]
 
 
 def build_eval_set(phrase: str, shared: Path, n: int, *, positives: int = 600, synthetic_minutes: float = 540.0,
@@ -161,7 +164,8 @@ def build_eval_set(phrase: str, shared: Path, n: int, *, positives: int = 600, s
         conditions.append({**cond, "category": cat})
         pos_cats.append(cat)
         voice_names.append(v.name if v.engine == "kokoro" else v.key().split("+")[-1])
-    pos_windows = [_span_windows(e, n, sp, pad, first_step) for sp, e in zip(spans, fx.stream_embeddings(pos_streams))]
+    pos = [_span_windows(e, n, sp, pad, first_step) for sp, e in zip(spans, fx.stream_embeddings(pos_streams))]
+    pos_windows, pos_steps = [w for w, _ in pos], [st for _, st in pos]
 
     neg_streams: list[np.ndarray] = []
     neg_cats: list[str] = []
@@ -206,6 +210,7 @@ def build_eval_set(phrase: str, shared: Path, n: int, *, positives: int = 600, s
     es.negative_categories = neg_cats
     es.negative_seconds = [len(x) / 16000 for x in neg_streams]
     es.first_step = first_step
+    es.positive_steps = pos_steps
     return es
 
 
@@ -227,14 +232,21 @@ def operating_point(pos_max: np.ndarray, neg_scores: list[np.ndarray], hours: fl
     return best
 
 
-def score_eval_set(score, es: EvalSet, max_fa_per_hour: float = 0.5) -> dict:
+def score_eval_set(score, es: EvalSet, max_fa_per_hour: float = 0.5, warmup_steps: int | None = None) -> dict:
     """FRR / false accepts per hour over a threshold sweep, for ``score`` (windows -> scores), and the
-    operating point: the fewest misses at or under ``max_fa_per_hour``."""
+    operating point: the fewest misses at or under ``max_fa_per_hour``. With ``warmup_steps`` (a head's),
+    windows of earlier steps are not scored, as the server would not score them (a set built from an
+    earlier ``first_step`` serves heads with later warm-ups)."""
     def run(w):
         return np.concatenate([score(w[i:i + 512]) for i in range(0, len(w), 512)]) if len(w) else np.zeros(0)
 
-    pos_arr = np.array([float(run(w).max()) if len(w) else 0.0 for w in es.positives])
-    neg_scores = [run(w) for w in es.negatives]
+    first = getattr(es, "first_step", 25)
+    skip = max(0, (warmup_steps or first) - first)
+    steps = getattr(es, "positive_steps", []) or [None] * len(es.positives)
+    pos_arr = np.array([float(run(w if st is None else w[st >= first + skip]).max())
+                        if len(w) and (st is None or (st >= first + skip).any()) else 0.0
+                        for w, st in zip(es.positives, steps)])
+    neg_scores = [run(w[skip:]) for w in es.negatives]
     rows = []
     for thr in np.round(np.linspace(0.05, 0.95, 19), 2):
         fa = sum(count_events(s, thr) for s in neg_scores)
@@ -277,7 +289,7 @@ def score_eval_set(score, es: EvalSet, max_fa_per_hour: float = 0.5) -> dict:
                   "reverb": by_condition(lambda c: "reverberant" if c["reverb"] else "dry")}
     op = operating_point(pos_arr, neg_scores, es.negative_hours, max_fa_per_hour)
     return {"phrase": es.phrase, "positives": len(pos_arr), "negative_hours": round(es.negative_hours, 3),
-            "first_step": getattr(es, "first_step", 25),
+            "first_step": max(getattr(es, "first_step", 25), warmup_steps or 0),
             "by_category_at_operating_point": categories(op["threshold"]) if op else None,
             "by_category_at_0.5": categories(0.5),
             "negative_real_minutes": round(es.real_minutes, 2),

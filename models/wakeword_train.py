@@ -103,7 +103,7 @@ class TrainConfig:
     phrase: str
     positives: int = 3000
     adversarial: int = 2400
-    sentences: int = 5500      # ~5.5 h of ordinary synthetic speech as negatives (per head)
+    sentences: int = 5000      # ~5 h of ordinary synthetic speech as negatives (per head)
     noise_streams: int = 60
     epochs: int = 30
     seed: int = 1234
@@ -125,8 +125,8 @@ class TrainConfig:
     kokoro_seed: int | None = None  # the Kokoro pool's seed (train(): the base seed, so heads share one pool)
     tone_streams: int = 40     # 20 s streams of tones, sweeps, chirps, sirens, DTMF, beeps (per head)
     start_share: float = 0.3   # share of positives said 0-0.4 s after their stream opens
-    mine: int = 0              # hard-negative mining: sentences in a separate generated pool (half with confusables)
-    mine_epochs: int = 6       # fine-tuning epochs with the mined windows added
+    mine: int = 2000           # hard-negative mining: sentences in a separate generated pool (half with confusables)
+    mine_epochs: int = 5       # fine-tuning epochs with the mined windows added
     first_step: int = 4        # the head scores from this step on (80 ms each, 1-based); earlier steps hold the
                                # front end's silent padding, which training sees like the server does
 

@@ -81,3 +81,42 @@ def test_incremental_embedding_check_scales_its_tolerance_with_precision():
         IncrementalEmbedding(StepDouble("fp32", 1.4e-2), silent, full)
     with pytest.raises(EngineError, match="tf32"):
         IncrementalEmbedding(StepDouble("tf32", 1.0), silent, full)
+
+
+def test_tensorrt_profiles_cover_every_dynamic_axis():
+    """The TensorRT profile (pure, no GPU): batch from 1 to max; every other open axis gets a range (by
+    its symbolic name, by input:axis, or the default), never collapsed to 1 as the old profile did."""
+    from voxserve.engines.tensorrt_engine import DEFAULT_DIM_RANGE, profile_shapes
+
+    shapes = profile_shapes([("input_values", ("batch", "audio_len")), ("k_cache", ("batch", 8, "kv_len", 64)),
+                             ("x", (None, 16, 96)), ("step", (1,))], opt_batch=8, max_batch=32,
+                            dim_ranges={"audio_len": (1600, 16000, 160000), "k_cache:2": (1, 32, 448)})
+    assert shapes["input_values"] == ((1, 1600), (8, 16000), (32, 160000))
+    assert shapes["k_cache"] == ((1, 8, 1, 64), (8, 8, 32, 64), (32, 8, 448, 64))
+    assert shapes["x"] == ((1, 16, 96), (8, 16, 96), (32, 16, 96))
+    assert shapes["step"] == ((1,), (1,), (1,))                    # fixed axes stay fixed
+    default = profile_shapes([("t", ("b", "len"))], opt_batch=4, max_batch=4)["t"]
+    assert default == ((1, DEFAULT_DIM_RANGE[0]), (4, DEFAULT_DIM_RANGE[1]), (4, DEFAULT_DIM_RANGE[2]))
+    with pytest.raises(EngineError, match="min <= opt <= max"):
+        profile_shapes([("t", ("b", "len"))], opt_batch=4, max_batch=4, dim_ranges={"len": (10, 5, 20)})
+
+
+def test_tensorrt_profile_reads_the_onnx_graph_axes(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from voxserve.engines.tensorrt_engine import onnx_input_shapes
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "T", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "T", 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    assert onnx_input_shapes(data) == [("x", ("batch", "T", 4))]
+    assert onnx.load_from_string(data).graph.input[0].name == "x"
+
+
+def test_auto_picks_only_validated_engines():
+    from voxserve.engines import factory
+
+    assert "tensorrt" not in factory.AUTO_ORDER and "onnxruntime-trt" not in factory.AUTO_ORDER
+    assert factory.AUTO_ORDER[-1] == "onnxruntime-cpu"

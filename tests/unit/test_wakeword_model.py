@@ -180,3 +180,47 @@ def test_head_json_carries_its_calibrated_threshold(tmp_path):
     meta.write_text("{not json")
     with pytest.raises(HeadError, match="not valid JSON"):
         Head.load(onnx_path)
+
+
+def test_head_json_names_the_step_it_may_fire_from(tmp_path):
+    """Heads trained on the stream-start padding say so (``warmup_steps``); others wait until their N
+    embeddings all come from stream audio (N + 9 steps: 2.0 s for 16)."""
+    import json
+    import shutil
+
+    from voxserve.server.stages.wakeword import default_model_dir
+
+    onnx_path = tmp_path / "ww.onnx"
+    shutil.copy(default_model_dir() / "hey_jarvis.onnx", onnx_path)
+    assert Head.load(onnx_path).warmup_steps == 25
+    meta = tmp_path / "ww.json"
+    meta.write_text(json.dumps({"warmup_steps": 4}))
+    assert Head.load(onnx_path).warmup_steps == 4
+    for bad in (-1, 2.5, "4", True):
+        meta.write_text(json.dumps({"warmup_steps": bad}))
+        with pytest.raises(HeadError, match="warmup_steps"):
+            Head.load(onnx_path)
+
+
+def test_padded_windows_are_what_the_server_scores_at_the_start_of_a_stream():
+    """Training's features and windows for early steps (silent padding + the first embeddings) equal the
+    windows the server's front end builds for a new stream, step by step (needs no sample audio)."""
+    from voxserve.models.wakeword_train import FeatureExtractor, sliding_windows
+    from voxserve.server.stages.wakeword_model import MEL_WINDOW, STEP, StepRequest
+
+    fx = FeatureExtractor(threads=1)
+    frontend = fx.fe
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(STEP * 12) * 0.05).astype(np.float32)
+    acoustic, hist = frontend.initial_state()
+    padded = np.concatenate([np.zeros(MEL_WINDOW, np.float32), x])
+    server_windows = []
+    for j in range(12):
+        win = padded[STEP * (j + 1): STEP * (j + 1) + MEL_WINDOW][None]
+        res = frontend.run_batch([StepRequest(win, acoustic, hist, (), np.ones(1, bool))])[0]
+        acoustic, hist = res.acoustic, res.emb_hist
+        server_windows.append(hist[-16:].copy())
+    embs = np.stack([w[-1] for w in server_windows])
+    np.testing.assert_allclose(fx.stream_embeddings([x])[0], embs, atol=1e-5)
+    ours = sliding_windows(embs, 16, start=1, pad=frontend.silent_emb)
+    np.testing.assert_allclose(ours, np.stack(server_windows), atol=1e-6)
