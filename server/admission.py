@@ -59,6 +59,12 @@ class Admission:
         self.costs: dict[str, CostModel] = {}
         self.schedulers: dict[str, list] = {}          # pipeline -> its BatchSchedulers
         self.streams: dict[object, tuple[str, ...]] = {}
+        workers = int(getattr(settings, "engine_workers", -1) if settings is not None else -1)
+        self.runtime = None                            # the machine's shared engine pool (server/runtime.py)
+        if workers >= 0:
+            from .runtime import EngineRuntime
+
+            self.runtime = EngineRuntime(workers or None)
 
     def register(self, pipeline: str, schedulers: list) -> None:
         self.schedulers[pipeline] = list(schedulers)

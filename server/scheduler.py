@@ -13,6 +13,11 @@ through unconverted). Failures: if ``run_batch`` raises, every request of that b
 :class:`StageFailed` (nobody hangs); if it returns an ``Exception`` in one slot, only that request fails.
 Watchdog: a call that runs longer than ``timeout_s`` fails its requests with :class:`StageFailed`; its
 thread is abandoned (a Python thread cannot be killed) and the scheduler goes on with a fresh one.
+
+With a shared :class:`~voxserve.server.runtime.EngineRuntime` (the server's default), a gathered batch
+also waits for one of the machine's workers, granted across every model earliest deadline first, and
+runs on the runtime's pool instead of this scheduler's own threads; ``max_inflight`` still caps this
+model's batches in flight.
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ class _Request:
 class BatchScheduler:
     def __init__(self, name: str, run_batch: Callable[[list[Any]], Sequence[Any]], *, max_batch: int = 32,
                  max_wait_s: float = 0.002, max_inflight: int = 1, metrics: Any = None,
-                 clock: Callable[[], float] = time.perf_counter, timeout_s: float | None = None):
+                 clock: Callable[[], float] = time.perf_counter, timeout_s: float | None = None,
+                 runtime: Any = None):
         if max_batch < 1 or max_inflight < 1 or max_wait_s < 0:
             raise ValueError("max_batch and max_inflight must be >= 1, max_wait_s >= 0")
         self.name = name
@@ -73,6 +79,7 @@ class BatchScheduler:
         self.metrics = metrics
         self.clock = clock
         self.timeout_s = timeout_s
+        self.runtime = runtime
         self.hung_calls = 0
         self._heap: list[_Request] = []
         self._seq = itertools.count()
@@ -152,8 +159,12 @@ class BatchScheduler:
                 if remaining <= 0:
                     break
                 await self._wait(remaining)
+            if self.runtime is not None and self._heap:
+                await self.runtime.acquire(min(r.deadline for r in self._heap))   # the machine's worker
             batch = self._take()
             if not batch:
+                if self.runtime is not None:
+                    self.runtime.release(0.0)
                 self._slots.release()
                 continue
             task = asyncio.create_task(self._run(batch))
@@ -178,8 +189,10 @@ class BatchScheduler:
         loop = asyncio.get_running_loop()
         start = self.clock()
         payloads = [r.payload for r in batch]
+        compute = 0.0
         try:
-            call = loop.run_in_executor(self._executor, _timed, self.run_batch, payloads)
+            executor = self.runtime.executor if self.runtime is not None else self._executor
+            call = loop.run_in_executor(executor, _timed, self.run_batch, payloads)
             try:
                 results, compute = await asyncio.wait_for(asyncio.shield(call), self.timeout_s) \
                     if self.timeout_s else await call
@@ -198,6 +211,8 @@ class BatchScheduler:
         finally:
             assert self._slots is not None
             self._slots.release()
+            if self.runtime is not None:
+                self.runtime.release(compute or (self.clock() - start))
         self._observe(len(batch), compute)
         end = self.clock()
         self._busy.append((end, compute))
@@ -214,6 +229,11 @@ class BatchScheduler:
     def _abandon_executor(self) -> None:
         """The watchdog fired: leave the stuck thread to itself, run later batches on a new one."""
         self.hung_calls += 1
+        if self.runtime is not None:
+            self.runtime.replace_executor()
+            if self.metrics is not None:
+                self.metrics.engine_timeouts.labels(self.name).inc()
+            return
         stuck = self._executor
         self._executor = ThreadPoolExecutor(max_workers=self.max_inflight,
                                             thread_name_prefix=f"engine-{self.name}-{self.hung_calls}")

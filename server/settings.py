@@ -41,6 +41,9 @@ class Settings:
     intra_op_threads: int = field(default=1, metadata={"doc": "ONNX Runtime threads per engine call"})
     max_batch: int = field(default=32, metadata={"doc": "largest batch per engine call"})
     max_wait_ms: float = field(default=2.0, metadata={"doc": "time the batcher waits for more requests"})
+    engine_workers: int = field(default=0, metadata={"doc": "engine worker threads shared by every model, granted "
+                                                             "earliest deadline first (0: one per core; -1: each "
+                                                             "model keeps its own threads)"})
     engine_timeout_s: float = field(default=10.0, metadata={"doc": "watchdog: an engine call running longer "
                                                                    "fails its requests (stage_failed) and the "
                                                                    "stage goes on with a fresh worker thread"})
@@ -114,6 +117,8 @@ class Settings:
             problems.append("max_wait_ms and drain_timeout_s must be >= 0")
         if not (self.workers == "auto" or (self.workers.isdigit() and int(self.workers) >= 1)):
             problems.append("workers must be a number >= 1 or auto")
+        if self.engine_workers < -1:
+            problems.append("engine_workers must be -1 (per model), 0 (one per core) or a thread count")
         if self.engine_timeout_s <= 0:
             problems.append("engine_timeout_s must be > 0")
         try:

@@ -91,7 +91,8 @@ class AsrStage(Stage):
         # a long interim decode that is already running.
         self.schedulers = {"asr": BatchScheduler("asr", run, max_batch=settings.max_batch, max_inflight=2,
                                                  max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics,
-                                  timeout_s=settings.engine_timeout_s)}
+                                  timeout_s=settings.engine_timeout_s,
+                                  runtime=getattr(admission, "runtime", None))}
 
     def _run(self, items: list):
         """Items: 16 kHz audio, or (audio, hint tokens) where the hint is the segment's previous hypothesis

@@ -82,7 +82,8 @@ class VcStage(Stage):
         run = with_test_delay(self._run, settings, "vc")
         self.schedulers = {"vc": BatchScheduler("vc", run, max_batch=max(settings.max_batch, 64),
                                                 max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics,
-                                  timeout_s=settings.engine_timeout_s)}
+                                  timeout_s=settings.engine_timeout_s,
+                                  runtime=getattr(admission, "runtime", None))}
 
     def _run(self, items: list[dict]) -> list[dict]:
         feeds = {k: np.stack([it[k] for it in items]) for k in items[0]}

@@ -121,7 +121,8 @@ class WakewordStage(Stage):
             run = with_test_delay(fe.run_batch, settings, f"wakeword-{flavour}")
             self.schedulers[flavour] = BatchScheduler(f"wakeword-{flavour}", run, max_batch=settings.max_batch,
                                                       max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics,
-                                  timeout_s=settings.engine_timeout_s)
+                                  timeout_s=settings.engine_timeout_s,
+                                  runtime=getattr(admission, "runtime", None))
         log.info("wakeword heads loaded", extra={"heads": {n: f"{h.flavour}/N={h.n_embeddings}"
                                                            for n, h in heads.items()}})
 
