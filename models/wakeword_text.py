@@ -120,13 +120,19 @@ def syllables(word: str) -> list[str]:
     return sorted({p for p in parts if len(p) > 1 and p != word})
 
 
+def _ipa_one(word: str) -> str:
+    out = subprocess.run(["espeak-ng", "-q", "--ipa", "-v", "en-us", word], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    return re.sub(r"[ˈˌ\s]", "", out) or word
+
+
 @functools.lru_cache(maxsize=None)
 def _ipa(words: tuple[str, ...]) -> tuple[str, ...]:
-    out = subprocess.run(["espeak-ng", "-q", "--ipa", "-v", "en-us", "\n".join(words)], capture_output=True,
-                         text=True, check=True, timeout=120).stdout
-    lines = [re.sub(r"[ˈˌ\s]", "", line) for line in out.splitlines() if line.strip()]
-    return tuple(lines) if len(lines) == len(words) else tuple(_ipa((w,))[0] for w in words) if len(words) > 1 \
-        else (lines[0] if lines else words[0],)
+    """espeak-ng's IPA for each word (stress marks and spaces dropped), one process per word, 8 at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        return tuple(pool.map(_ipa_one, words))
 
 
 def _distance(a: str, b: str) -> float:
