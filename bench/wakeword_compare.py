@@ -30,6 +30,10 @@ def main() -> int:
     p.add_argument("--tone-minutes", type=float, default=30.0)
     p.add_argument("--max-fa-per-hour", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--write-threshold", action="store_true",
+                   help="store the last head's operating point in its .json, as voxserve-wakeword eval --write-threshold")
+    p.add_argument("--report", type=Path, default=None,
+                   help="also write the last head's report (wakeword-eval.md/.json, DET png) into this folder")
     args = p.parse_args()
 
     from voxserve.models.wakeword_eval import build_eval_set, plot_det, report_markdown, score_eval_set
@@ -54,6 +58,25 @@ def main() -> int:
         (out / "wakeword-eval.md").write_text(report_markdown(r))
         plot_det(r["det"], out / "wakeword-det.png", path.stem)
         rows.append((path, head, r))
+    path, head, r = rows[-1]
+    if args.report is not None:
+        args.report.mkdir(parents=True, exist_ok=True)
+        (args.report / "wakeword-eval.json").write_text(json.dumps(r, indent=2) + "\n")
+        (args.report / "wakeword-eval.md").write_text(report_markdown(r))
+        plot_det(r["det"], args.report / "wakeword-det.png", path.stem)
+    op = r["operating_point"]
+    if args.write_threshold:
+        if op is None:
+            print(f"no threshold keeps false accepts at or under {args.max_fa_per_hour}/h: "
+                  f"{path.with_suffix('.json')} left as it was")
+    if args.write_threshold and op is not None:
+        meta_path = path.with_suffix(".json")
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        meta["threshold"] = op["threshold"]
+        meta["calibration"] = {"max_fa_per_hour": args.max_fa_per_hour, "frr": round(op["frr"], 4),
+                               "fa_per_hour": round(op["fa_per_hour"], 3), "positives": r["positives"],
+                               "negative_hours": r["negative_hours"], "by": "bench/wakeword_compare.py"}
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     print(f"evaluation set: {es.negative_hours:.2f} h of negatives, {len(es.positives)} positives, built in "
           f"{built:.0f} s\n")
     cats = sorted({k for _, _, r in rows for k in (r.get("by_category_at_operating_point") or r["by_category_at_0.5"])})

@@ -41,9 +41,10 @@ class Settings:
     intra_op_threads: int = field(default=1, metadata={"doc": "ONNX Runtime threads per engine call"})
     max_batch: int = field(default=32, metadata={"doc": "largest batch per engine call"})
     max_wait_ms: float = field(default=2.0, metadata={"doc": "time the batcher waits for more requests"})
-    engine_workers: int = field(default=0, metadata={"doc": "engine worker threads shared by every model, granted "
-                                                             "earliest deadline first (0: one per core; -1: each "
-                                                             "model keeps its own threads)"})
+    engine_workers: int = field(default=-1, metadata={"doc": "engine worker threads shared by every model, "
+                                                              "granted earliest deadline first (0: one per core); "
+                                                              "-1 (default until measured): each model keeps its "
+                                                              "own threads"})
     engine_timeout_s: float = field(default=10.0, metadata={"doc": "watchdog: an engine call running longer "
                                                                    "fails its requests (stage_failed) and the "
                                                                    "stage goes on with a fresh worker thread"})
