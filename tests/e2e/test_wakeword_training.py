@@ -25,6 +25,8 @@ def test_train_and_eval_cli_produce_a_loadable_head_and_a_report(tmp_path):
     out = tmp_path / "hey_computer.onnx"
     subprocess.run([exe, "train", "hey computer", "--out", str(out), "--positives", "24", "--adversarial", "24",
                     "--sentences", "10", "--epochs", "2", "--ensemble", "2", "--random-voices", "0.5",
+                    "--confusable", "8", "--kokoro-positives", "3", "--kokoro-confusable", "2", "--kokoro-sentences", "1",
+                    "--tone-streams", "1", "--mine", "12", "--mine-epochs", "1",
                     *(["--piper-voices", "0.3"] if PiperVoice.available() else [])],
                    check=True, capture_output=True, timeout=300)
     head = Head.load(out)
@@ -35,9 +37,15 @@ def test_train_and_eval_cli_produce_a_loadable_head_and_a_report(tmp_path):
     report = tmp_path / "report"
     subprocess.run([exe, "eval", str(out), "--phrase", "hey computer", "--out", str(report), "--shared", str(SHARED),
                     "--positives", "8", "--synthetic-minutes", "0.2", "--max-fa-per-hour", "100000",
+                    "--natural-positives", "3", "--confusable", "4", "--natural-confusable", "2", "--tone-minutes", "0.5",
                     "--write-threshold"], check=True, capture_output=True, timeout=300)
     result = json.loads((report / "wakeword-eval.json").read_text())
-    assert result["positives"] == 8 and len(result["det"]) == 19 and result["negative_hours"] > 0
+    assert len(result["det"]) == 19 and result["negative_hours"] > 0
+    cats = result["by_category_at_0.5"]
+    assert cats["positives: synthetic"]["count"] == 8 and cats["positives: stream_start"]["count"] >= 2
+    assert cats["negatives: confusable"]["streams"] >= 4 and cats["negatives: tones"]["streams"] >= 1
+    assert result["positives"] == sum(v["count"] for k, v in cats.items() if k.startswith("positives"))
+    assert meta["warmup_steps"] == 4
     assert "| threshold | FRR % |" in (report / "wakeword-eval.md").read_text()
     op = result["operating_point"]                   # any threshold meets 100000/h: the fewest misses wins
     assert op["frr"] == min(r["frr"] for r in result["det"])
