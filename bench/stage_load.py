@@ -136,6 +136,19 @@ def run_mix(mix: dict[str, int], options: dict, seconds: float, extra_args: list
              "refused": o["refused"]} for p, o in outs.items()]
 
 
+def load_table(rows: list[dict], lead: list[str]) -> list[str]:
+    """The RESULTS table of load rows: the ``lead`` columns, then the shared latency/budget columns."""
+    head = " | ".join(lead)
+    lines = [f"| {head} | server CPU (cores) | results | server latency p50/p99 ms | client latency p50/p99 ms | "
+             "budget events | passthrough blocks | errors |", "|---" * (len(lead) + 7) + "|"]
+    for r in rows:
+        cells = " | ".join(str(r[k]) for k in lead)
+        lines.append(f"| {cells} | {r['server_cpu_cores']} | {r['results']} | {r['server_ms']['p50']} / "
+                     f"{r['server_ms']['p99']} | {r['client_ms']['p50']} / {r['client_ms']['p99']} | "
+                     f"{r['budget_events']} | {r['passthrough_blocks']} | {r['errors']} |")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pipeline", default="vc", choices=sorted(RESULT_TYPES))
@@ -153,12 +166,7 @@ def main():
         rows = run_mix(mix, {}, args.seconds, args.server_arg)
         print(json.dumps(rows, indent=2))
         if args.record:
-            lines = ["| pipeline | streams | server CPU (cores) | results | server latency p50/p99 ms | client latency "
-                     "p50/p99 ms | budget events | passthrough blocks | errors |", "|---|---|---|---|---|---|---|---|---|"]
-            for r in rows:
-                lines.append(f"| {r['pipeline']} | {r['streams']} | {r['server_cpu_cores']} | {r['results']} | "
-                             f"{r['server_ms']['p50']} / {r['server_ms']['p99']} | {r['client_ms']['p50']} / "
-                             f"{r['client_ms']['p99']} | {r['budget_events']} | {r['passthrough_blocks']} | {r['errors']} |")
+            lines = load_table(rows, ["pipeline", "streams"])
             extra = " ".join(f"--server-arg={a}" for a in args.server_arg)
             record("Mixed real-time load", f"python bench/stage_load.py --mix {args.mix} --seconds {args.seconds:g} "
                    f"{extra}".rstrip() + " --record", "\n".join(lines))
@@ -166,12 +174,7 @@ def main():
     rows = [run_level(args.pipeline, options, n, args.seconds, args.server_arg) for n in args.streams]
     print(json.dumps(rows, indent=2))
     if args.record:
-        lines = ["| streams | server CPU (cores) | results | server latency p50/p99 ms | client latency p50/p99 ms | "
-                 "budget events | passthrough blocks | errors |", "|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            lines.append(f"| {r['streams']} | {r['server_cpu_cores']} | {r['results']} | {r['server_ms']['p50']} / "
-                         f"{r['server_ms']['p99']} | {r['client_ms']['p50']} / {r['client_ms']['p99']} | "
-                         f"{r['budget_events']} | {r['passthrough_blocks']} | {r['errors']} |")
+        lines = load_table(rows, ["streams"])
         opt = " ".join([f"--option {o}" for o in args.option] + [f"--server-arg={a}" for a in args.server_arg])
         record(f"Real-time load: {args.pipeline}", f"python bench/stage_load.py --pipeline {args.pipeline} --streams "
                f"{' '.join(map(str, args.streams))} --seconds {args.seconds:g} {opt}".rstrip() + " --record",
