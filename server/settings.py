@@ -38,6 +38,10 @@ class Settings:
     engine: str = field(default="auto", metadata={"doc": "engine: auto, onnxruntime-cpu, onnxruntime-cuda, "
                                                           "onnxruntime-trt, tensorrt (wakeword heads always run on "
                                                           "ONNX Runtime CPU: they are tiny)"})
+    asr_precision: str = field(default="auto", metadata={"doc": "ASR weights x activations: int8 (dynamic int8 "
+                                                                "MatMuls, CPU only; same transcripts on ../shared, "
+                                                                "0.56x the time), fp32, or auto (int8 when the engine "
+                                                                "is the CPU)"})
     intra_op_threads: int = field(default=1, metadata={"doc": "ONNX Runtime threads per engine call"})
     max_batch: int = field(default=32, metadata={"doc": "largest batch per engine call"})
     max_wait_ms: float = field(default=2.0, metadata={"doc": "time the batcher waits for more requests"})
@@ -146,6 +150,10 @@ class Settings:
                             "onnxruntime-trt or tensorrt")
         elif self.engine not in ("auto", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"):
             problems.append(f"unknown engine {self.engine!r}")
+        if self.asr_precision not in ("auto", "int8", "fp32"):
+            problems.append(f"asr_precision must be auto, int8 or fp32, not {self.asr_precision!r}")
+        elif self.asr_precision == "int8" and self.engine not in ("auto", "onnxruntime-cpu"):
+            problems.append(f"asr_precision int8 runs on onnxruntime-cpu only (engine is {self.engine})")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
 

@@ -41,11 +41,12 @@ def model_dir() -> Path:
 
 
 def _looping(tokens: list[int], max_period: int = 12) -> bool:
-    """True when the decoder is stuck in a loop: the tail repeats a block of 4-12 tokens twice, or a
-    block of 1-3 tokens three times in a row. The repeats are removed, the first occurrence kept
-    (short blocks need three repeats so that real speech such as "five five" survives)."""
+    """True when the decoder is stuck in a loop: the tail repeats a block of 4-12 tokens twice, a block
+    of 2-3 tokens four times, or one token eight times in a row. The repeats are removed, the first
+    occurrence kept. Short blocks need more repeats so that real speech survives: "five five", "no no
+    no", and digits ("600,000" is the tokens 6 0 0 , 0 0 0: a guard at three repeats cut it to "600,0")."""
     for p in range(1, max_period + 1):
-        repeats = 3 if p < 4 else 2
+        repeats = 8 if p == 1 else 4 if p < 4 else 2
         if len(tokens) >= p * repeats and all(tokens[-p:] == tokens[len(tokens) - (k + 1) * p:len(tokens) - k * p]
                                               for k in range(1, repeats)):
             del tokens[-(repeats - 1) * p:]
@@ -64,18 +65,44 @@ class MoonshineModel:
 
     name = "moonshine-base-en"
 
-    def __init__(self, engine_kind: str = "auto", intra_op_threads: int = 1, *, use_ort_files: bool = False):
+    def __init__(self, engine_kind: str = "auto", intra_op_threads: int = 1, *, use_ort_files: bool = False,
+                 int8: bool = False):
         """``use_ort_files`` runs the shipped ``.ort`` graphs as they are (CPU only, ~3x slower: they
-        re-cast their int8 weights on every call); by default their ``.onnx`` conversion runs."""
+        re-cast their int8 weights on every call); by default their ``.onnx`` conversion runs.
+
+        ``int8``: dynamic int8 MatMuls (:func:`voxserve.engines.graph_fixes.int8_matmuls`) in the encoder
+        and in both decoder graphs; the merged decoder is split into its no-cache (first pass) and
+        with-cache (one token) graphs so that the quantizer reaches them. ONNX Runtime CPU only (the
+        quantized operators are CPU kernels); measured in bench/RESULTS.md, "ASR: int8"."""
+        import functools
+
+        from voxserve.engines.graph_fixes import cached_derivative, if_branch, int8_matmuls
+
         d = model_dir()
         enc, dec = d / "encoder_model.ort", d / "decoder_model_merged.ort"
+        step = None
         if use_ort_files:
             kind = "onnxruntime-cpu"
         else:
             from voxserve.engines.ort_to_onnx import converted
             enc, dec, kind = converted(enc), converted(dec), engine_kind
+            if int8:
+                if kind not in ("auto", "onnxruntime-cpu"):
+                    raise EngineError(f"ASR int8 runs on onnxruntime-cpu only, not engine {kind!r}")
+                kind = "onnxruntime-cpu"
+                q = functools.partial(cached_derivative, tag="q8", make=int8_matmuls)
+                enc = q(enc)
+                step = q(cached_derivative(dec, "cache", functools.partial(if_branch, branch="then_branch")))
+                dec = q(cached_derivative(dec, "nocache", functools.partial(if_branch, branch="else_branch")))
+        self.int8 = int8
         self.encoder = create_engine(enc, kind, intra_op_threads=intra_op_threads, name="moonshine-encoder")
         self.decoder = create_engine(dec, kind, intra_op_threads=intra_op_threads, name="moonshine-decoder")
+        # one-token steps with the KV cache: the same merged graph, or its with-cache branch when split
+        self.decoder_step = (self.decoder if step is None else
+                             create_engine(step, kind, intra_op_threads=intra_op_threads, name="moonshine-decoder-step"))
+        if int8:
+            for e in (self.encoder, self.decoder, self.decoder_step):
+                e.precision = "int8 (dynamic: int8 MatMul weights, activations quantized per call)"
         self.tokenizer = Tokenizer.load(d / "tokenizer.bin")
         self._dec_inputs = [s.name for s in self.decoder.inputs]
         self._present = [s.name for s in self.decoder.outputs if s.name.startswith("present")]
@@ -159,6 +186,6 @@ class MoonshineModel:
                     feeds[name.replace("present", "past_key_values")] = outs[name]
             feeds["input_ids"] = nxt.reshape(b, 1).astype(np.int64)
             feeds["use_cache_branch"] = np.array([True])
-            outs = self.decoder.infer(feeds)
+            outs = self.decoder_step.infer(feeds)
             nxt = outs["logits"][:, -1, :].argmax(axis=-1)
         return result

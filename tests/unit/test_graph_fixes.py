@@ -1,0 +1,68 @@
+"""Graph rewrites used at load time: If-branch inlining and int8 MatMul quantization (toy graphs here;
+Moonshine's real graphs in test_asr_model.py)."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from voxserve.engines.graph_fixes import if_branch, int8_matmuls
+
+
+def _run(model_bytes, feeds):
+    sess = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
+
+
+def _if_model(path):
+    """y = flag ? x @ W1 : x @ W2 + 1, with W1 an outer-scope initializer and W2 one of the branch."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W1")
+    w2 = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W2")
+    one = numpy_helper.from_array(np.ones(3, np.float32), "one")
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    then_g = helper.make_graph([helper.make_node("MatMul", ["x", "W1"], ["y"])], "then", [], [out])
+    else_g = helper.make_graph([helper.make_node("MatMul", ["x", "W2"], ["t"]),
+                                helper.make_node("Add", ["t", "one"], ["y_else"])], "else", [],
+                               [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)], [w2, one])
+    node = helper.make_node("If", ["flag"], ["y"], then_branch=then_g, else_branch=else_g)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+                                        helper.make_tensor_value_info("flag", TensorProto.BOOL, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w1])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return m.SerializeToString()
+
+
+def test_each_inlined_branch_computes_what_the_if_computes(tmp_path):
+    merged = _if_model(tmp_path / "if.onnx")
+    x = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+    for flag, branch in ((True, "then_branch"), (False, "else_branch")):
+        feeds = {"x": x, "flag": np.array([flag])}
+        inlined = if_branch(tmp_path / "if.onnx", branch)
+        assert not any(n.op_type == "If" for n in onnx.load_from_string(inlined).graph.node)
+        np.testing.assert_array_equal(_run(inlined, feeds), _run(merged, feeds))
+
+
+def test_int8_reaches_weights_that_are_dequantized_at_run_time(tmp_path):
+    """The trap the function exists for: weights stored as int8 + DequantizeLinear are not initializers
+    of the MatMul, so a plain quantize_dynamic leaves the graph as it was. After folding they are."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    scale = np.float32(np.abs(w).max() / 127)
+    wq = numpy_helper.from_array(np.round(w / scale).astype(np.int8), "Wq")
+    nodes = [helper.make_node("DequantizeLinear", ["Wq", "s"], ["W"]), helper.make_node("MatMul", ["x", "W"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])],
+                          [wq, numpy_helper.from_array(np.array(scale, np.float32), "s")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "w.onnx"))
+    q = int8_matmuls(tmp_path / "w.onnx")
+    ops = {n.op_type for n in onnx.load_from_string(q).graph.node}
+    assert "MatMulInteger" in ops and "MatMul" not in ops, ops
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    ref, got = _run(m.SerializeToString(), {"x": x}), _run(q, {"x": x})
+    assert not np.array_equal(ref, got)                       # it did change the arithmetic ...
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()  # ... within int8 error
