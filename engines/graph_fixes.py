@@ -89,7 +89,8 @@ def _rank_of(model, name: str) -> int:
     raise ValueError(f"cannot infer the rank of {name}")
 
 
-def int8_matmuls(path: str | Path, *, per_channel: bool = False) -> bytes:
+def int8_matmuls(path: str | Path, *, per_channel: bool = False, conv_as_matmul: bool = True,
+                 keep_float: tuple[str, ...] = ()) -> bytes:
     """Return the graph with its weight MatMuls quantized dynamically to int8 (ONNX Runtime's
     ``quantize_dynamic``: int8 weights, activations quantized per call; CPU kernels use VNNI where the
     CPU has it).
@@ -98,7 +99,10 @@ def int8_matmuls(path: str | Path, *, per_channel: bool = False) -> bytes:
     then ONNX Runtime's provider-independent *basic* level): graphs such as Moonshine's carry int8
     weights that are de-quantized by nodes at run time, so their MatMul weights are not initializers
     and ``quantize_dynamic`` alone would leave the graph unchanged (it did: an earlier measurement of
-    "quantization" compared a graph with itself).
+    "quantization" compared a graph with itself). ``conv_as_matmul``: wide 1-D convolutions become
+    MatMuls first (:func:`conv1d_as_matmul`; as float MatMuls they are already faster than ONNX Runtime's
+    Conv) and are quantized with the rest, except nodes whose name starts with one of ``keep_float``
+    (a layer whose activations int8 cannot represent: measured per model, see MoonshineModel).
     """
     import tempfile
 
@@ -115,9 +119,79 @@ def int8_matmuls(path: str | Path, *, per_channel: bool = False) -> bytes:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         so.optimized_model_filepath = str(folded)
         ort.InferenceSession(str(plain), so, providers=["CPUExecutionProvider"])
+        if conv_as_matmul:
+            model = onnx.load(str(folded))
+            if conv1d_as_matmul(model.graph):
+                onnx.save(model, str(folded))
+        names = [n.name for n in onnx.load(str(folded)).graph.node]
+        exclude = [n for n in names if n.startswith(keep_float)] if keep_float else []
         quantize_dynamic(str(folded), str(out), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         per_channel=per_channel)
+                         per_channel=per_channel, nodes_to_exclude=exclude)
         return out.read_bytes()
+
+
+def conv1d_as_matmul(graph, min_channels: int = 64) -> int:
+    """Rewrite each plain 1-D ``Conv`` (group 1, no padding or dilation, constant weights, at least
+    ``min_channels`` input channels) as strided slices + one ``MatMul``, so that int8 quantization reaches
+    it (ONNX Runtime's integer convolution is slower than its float one; its integer MatMul is not).
+    Returns how many were rewritten.
+
+    For input ``x`` [B, C, T], kernel k, stride s: ``x`` is transposed to [B, T, C]; slice j (0 <= j < k)
+    takes time steps j, j + s, ... up to T - (k - 1 - j), so every slice has the convolution's output
+    length; their concatenation [B, T_out, k*C] times the weight laid out as [k*C, O] (row j*C + c holds
+    W[:, c, j]) plus the bias is the output, transposed back to [B, O, T_out]."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    done = 0
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        w = inits.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        plain = (w is not None and len(w.dims) == 3 and attrs.get("group", 1) == 1
+                 and all(p == 0 for p in attrs.get("pads", [0, 0])) and all(d == 1 for d in attrs.get("dilations", [1]))
+                 and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET") and w.dims[1] >= min_channels
+                 and (len(node.input) < 3 or not node.input[2] or node.input[2] in inits))
+        if not plain:
+            nodes.append(node)
+            continue
+        o, c, k = w.dims
+        s = (attrs.get("strides") or [1])[0]
+        name = node.name or node.output[0]
+        weight = numpy_helper.to_array(w).astype(np.float32)                  # [O, C, k]
+        wm = np.ascontiguousarray(weight.transpose(2, 1, 0).reshape(k * c, o))  # [k*C, O]
+        wname = f"{name}_as_matmul_W"
+        graph.initializer.append(numpy_helper.from_array(wm, wname))
+        xt = f"{name}_xt"
+        new = [helper.make_node("Transpose", [node.input[0]], [xt], perm=[0, 2, 1], name=f"{name}_t_in")]
+        parts = []
+        for j in range(k):
+            cut = k - 1 - j
+            consts = {"starts": [j], "ends": [-cut if cut else np.iinfo(np.int64).max], "axes": [1], "steps": [s]}
+            names = []
+            for key, val in consts.items():
+                cname = f"{name}_slice{j}_{key}"
+                graph.initializer.append(numpy_helper.from_array(np.array(val, np.int64), cname))
+                names.append(cname)
+            parts.append(f"{name}_slice{j}")
+            new.append(helper.make_node("Slice", [xt, *names], [parts[-1]], name=f"{name}_slice{j}"))
+        new.append(helper.make_node("Concat", parts, [f"{name}_cols"], axis=2, name=f"{name}_cols"))
+        mm = f"{name}_mm"
+        new.append(helper.make_node("MatMul", [f"{name}_cols", wname], [mm], name=f"{name}_matmul"))
+        if len(node.input) > 2 and node.input[2]:
+            new.append(helper.make_node("Add", [mm, node.input[2]], [f"{name}_biased"], name=f"{name}_bias"))
+            mm = f"{name}_biased"
+        new.append(helper.make_node("Transpose", [mm], [node.output[0]], perm=[0, 2, 1], name=f"{name}_t_out"))
+        nodes.extend(new)
+        done += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    unused = [i for i in graph.initializer if i.name not in used and i.name in inits]
+    for i in unused:                                   # the replaced convolutions' weights
+        graph.initializer.remove(i)
+    return done
 
 
 def _fold_constant_dequantize(graph) -> None:

@@ -6,6 +6,11 @@ the scheduler task blocks for the first request, gathers for at most ``max_wait_
 dedicated executor thread (never on the event loop; at most ``max_inflight`` batches at once) ->
 each request's future gets an :class:`Outcome` with its queue and compute times.
 
+Order: ``priority`` first (lower runs first; ASR finals 0 before its interims 1), then deadline. A
+``batch_key`` (optional) says which requests can share one engine call: a batch then holds the first
+request in that order and only requests with its key (ASR: the same padded length), so a request never
+waits inside a batch for unrelated work that merely happened to be queued with it.
+
 Policies when a deadline cannot be met (checked when a batch is formed, using the measured batch
 time): ``run_late`` runs it anyway and marks it late (finals are never dropped); ``skip`` resolves it
 as skipped without running (the stage then does its fallback: drop a stale partial, pass audio
@@ -55,6 +60,7 @@ class Outcome:
 
 @dataclass(order=True)
 class _Request:
+    priority: int
     deadline: float
     seq: int
     payload: Any = field(compare=False)
@@ -68,7 +74,7 @@ class BatchScheduler:
     def __init__(self, name: str, run_batch: Callable[[list[Any]], Sequence[Any]], *, max_batch: int = 32,
                  max_wait_s: float = 0.002, max_inflight: int = 1, metrics: Any = None,
                  clock: Callable[[], float] = time.perf_counter, timeout_s: float | None = None,
-                 runtime: Any = None):
+                 runtime: Any = None, batch_key: Callable[[Any], Any] | None = None):
         if max_batch < 1 or max_inflight < 1 or max_wait_s < 0:
             raise ValueError("max_batch and max_inflight must be >= 1, max_wait_s >= 0")
         self.name = name
@@ -80,6 +86,7 @@ class BatchScheduler:
         self.clock = clock
         self.timeout_s = timeout_s
         self.runtime = runtime
+        self.batch_key = batch_key
         self.hung_calls = 0
         self._heap: list[_Request] = []
         self._seq = itertools.count()
@@ -117,13 +124,16 @@ class BatchScheduler:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- submission ----------------------------------------------------------------------------------
-    def submit(self, payload: Any, *, deadline: float, policy: str = RUN_LATE, weight: float = 1.0) -> asyncio.Future:
+    def submit(self, payload: Any, *, deadline: float, policy: str = RUN_LATE, weight: float = 1.0,
+               priority: int = 0) -> asyncio.Future:
         """Queue one request; the returned future resolves to an :class:`Outcome`. ``weight`` is the
-        request's share of work relative to others (e.g. the number of wakeword steps it carries)."""
+        request's share of work relative to others (e.g. the number of wakeword steps it carries);
+        ``priority``: lower runs first whatever the deadlines (then earliest deadline first)."""
         if self._task is None:
             self.start()
         fut = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._heap, _Request(deadline, next(self._seq), payload, policy, weight, self.clock(), fut))
+        heapq.heappush(self._heap, _Request(priority, deadline, next(self._seq), payload, policy, weight,
+                                            self.clock(), fut))
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
         return fut
@@ -175,6 +185,8 @@ class BatchScheduler:
         now = self.clock()
         est = self.expected_batch_s()
         batch: list[_Request] = []
+        other: list[_Request] = []                       # another batch key: stays queued
+        key = None
         while self._heap and len(batch) < self.max_batch:
             req = heapq.heappop(self._heap)
             if req.future.done():                        # cancelled by its stream
@@ -182,7 +194,16 @@ class BatchScheduler:
             if req.policy == SKIP and now + est > req.deadline:
                 req.future.set_result(Outcome(None, now - req.enqueued, 0.0, 0, late=True, skipped=True))
                 continue
+            if self.batch_key is not None:
+                k = self.batch_key(req.payload)
+                if not batch:
+                    key = k
+                elif k != key:
+                    other.append(req)
+                    continue
             batch.append(req)
+        for req in other:
+            heapq.heappush(self._heap, req)
         return batch
 
     async def _run(self, batch: list[_Request]) -> None:

@@ -57,8 +57,12 @@ ASR_SCHEMA = PipelineSchema(
                choices=("always", "after_wakeword")),
         Option("interims", bool, True, "send interim transcripts while speaking"),
         Option("interim_interval_ms", int, 300, "new audio between interim decodes (at least; under load "
-                                                   "interims wait for twice the time the last one took)",
+                                                   "interims wait for twice the time the last one took, up to "
+                                                   "interim_max_interval_ms)",
                min=100, max=5000),
+        Option("interim_max_interval_ms", int, 500, "the longest the load-adaptive cadence spaces interims "
+                                                    "(past it, an interim that cannot make its budget is skipped)",
+               min=100, max=10000),
         Option("pre_roll_ms", int, 200, "audio before the VAD start included in a segment", min=0, max=1000,
                updatable=False),
         Option("max_segment_s", float, 20.0, "split longer speech at its quietest point (with pre_roll_ms, "
@@ -89,6 +93,15 @@ def asr_int8(settings) -> bool:
     return "CUDAExecutionProvider" not in ort.get_available_providers()
 
 
+def _bucket(item) -> int:
+    """The length an item decodes at (its audio padded to a multiple of BUCKET, as ``_run`` does)."""
+    n = len(item[0] if isinstance(item, tuple) else item)
+    return n + (-n) % BUCKET if n >= 1600 else n
+
+
+FINAL, INTERIM = 0, 1                # scheduler priorities
+
+
 class AsrStage(Stage):
     name = "asr"
     schema = ASR_SCHEMA
@@ -104,10 +117,12 @@ class AsrStage(Stage):
         run = with_test_delay(self._run, settings, "asr")
         # Two batches in flight (ONNX Runtime sessions may run concurrently): a final never waits behind
         # a long interim decode that is already running.
+        # A batch holds only segments of one padded length (they share every engine call); finals
+        # (priority 0) go before interims (1), so a final waits for at most the calls already running.
         self.schedulers = {"asr": BatchScheduler("asr", run, max_batch=settings.max_batch, max_inflight=2,
                                                  max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics,
-                                  timeout_s=settings.engine_timeout_s,
-                                  runtime=getattr(admission, "runtime", None))}
+                                                 timeout_s=settings.engine_timeout_s,
+                                                 runtime=getattr(admission, "runtime", None), batch_key=_bucket)}
 
     def _run(self, items: list):
         """Items: 16 kHz audio, or (audio, hint tokens) where the hint is the segment's previous hypothesis
@@ -249,10 +264,12 @@ class AsrStream(StageStream):
             return
         if self._maybe_speculate(end):
             return                  # silence has begun: the final decode is under way, no interim competes
-        # Cadence: at least interim_interval_ms of new audio, and twice what the last interim took, so a
-        # loaded server spaces interims out instead of computing ones it must then skip.
-        if (self.opts["interims"] and seg.interim is None
-                and end - seg.last_interim_end >= max(self.opts["interim_interval_ms"] * 16, int(seg.gap_s * 16000))):
+        # Cadence: at least interim_interval_ms of new audio, and twice what the last interim took (at most
+        # interim_max_interval_ms), so a loaded server spaces interims out instead of computing ones it
+        # must then skip, but users still see an interim at least that often.
+        wait = max(self.opts["interim_interval_ms"] * 16,
+                   min(int(seg.gap_s * 16000), self.opts["interim_max_interval_ms"] * 16))
+        if self.opts["interims"] and seg.interim is None and end - seg.last_interim_end >= wait:
             self._interim(end)
 
     def _maybe_speculate(self, end: int) -> bool:
@@ -275,7 +292,7 @@ class AsrStream(StageStream):
             seg.interim.cancel()                 # a queued interim would only delay the final
         audio = self.ctx.ring.read(seg.start, spec_end)
         fut = self.sched.submit((audio, seg.tokens), deadline=self.ctx.clock() + self.opts["budget_final_ms"] / 1000.0,
-                                policy=RUN_LATE, weight=len(audio) / 16000)
+                                policy=RUN_LATE, weight=len(audio) / 16000, priority=FINAL)
         seg.speculative = (spec_end, fut, self.ctx.clock())
         return True
 
@@ -286,7 +303,7 @@ class AsrStream(StageStream):
         audio = self.ctx.ring.read(seg.start, end)
         t = self.ctx.clock()
         fut = self.sched.submit((audio, seg.tokens), deadline=t + self.opts["budget_partial_ms"] / 1000.0, policy=SKIP,
-                                weight=len(audio) / 16000)
+                                weight=len(audio) / 16000, priority=INTERIM)
         seg.interim = fut
         fut.add_done_callback(lambda f, s=seg, e=end, t0=t: self._interim_done(s, e, t0, f))
 
@@ -367,7 +384,7 @@ class AsrStream(StageStream):
         else:
             audio = self.ctx.ring.read(seg.start, end)
             fut = self.sched.submit((audio, seg.tokens), deadline=t0 + self.opts["budget_final_ms"] / 1000.0, policy=RUN_LATE,
-                                    weight=len(audio) / 16000)
+                                    weight=len(audio) / 16000, priority=FINAL)
             spec = False
         prev = self.final_tail
         task = asyncio.ensure_future(self._deliver(seg, end, reason, fut, prev, t0, spec))

@@ -135,15 +135,19 @@ def test_split_decoder_branches_match_the_merged_graph():
         np.testing.assert_allclose(got["present.0.decoder.key"], want["present.0.decoder.key"], rtol=1e-5, atol=1e-5)
 
 
+def _words(text: str) -> list[str]:
+    return "".join(ch for ch in text.lower() if ch.isalnum() or ch in " '").split()
+
+
 def test_int8_model_gives_the_fp32_transcripts(speech16k):
     """The shipped CPU default (asr_precision auto = int8) against the fp32 graphs on real speech: the
-    same transcript for whole sentences; audio cut mid-word (an interim) may end in another guess at
-    the cut word, but everything before it agrees."""
+    same words for whole sentences (punctuation may differ); audio cut mid-word (an interim) may end in
+    another guess at the cut word, but every word before it agrees."""
     fp32, int8 = MoonshineModel("onnxruntime-cpu"), MoonshineModel("onnxruntime-cpu", int8=True)
     assert int8.decoder_step is not int8.decoder and int8.encoder.describe()["precision"].startswith("int8")
     x, _ = sf.read(shared_or_skip("eval", "speech", "moonshine-test-assets", "beckett.wav"), dtype="float32")
     for audio in (speech16k, x):
-        assert int8.transcribe([audio])[0].text == fp32.transcribe([audio])[0].text
+        assert _words(int8.transcribe([audio])[0].text) == _words(fp32.transcribe([audio])[0].text)
     for n in (48000, 96000):
-        a, b = int8.transcribe([speech16k[:n]])[0].text.split(), fp32.transcribe([speech16k[:n]])[0].text.split()
+        a, b = (_words(m.transcribe([speech16k[:n]])[0].text) for m in (int8, fp32))
         assert a[:len(b) - 1] == b[:-1] and abs(len(a) - len(b)) <= 1, (a, b)

@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from voxserve.engines.graph_fixes import if_branch, int8_matmuls
+from voxserve.engines.graph_fixes import conv1d_as_matmul, if_branch, int8_matmuls
 
 
 def _run(model_bytes, feeds):
@@ -66,3 +66,23 @@ def test_int8_reaches_weights_that_are_dequantized_at_run_time(tmp_path):
     ref, got = _run(m.SerializeToString(), {"x": x}), _run(q, {"x": x})
     assert not np.array_equal(ref, got)                       # it did change the arithmetic ...
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()  # ... within int8 error
+
+
+def test_conv1d_as_matmul_computes_the_convolution_for_any_length():
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((24, 80, 7)).astype(np.float32), "W")
+    b = numpy_helper.from_array(rng.standard_normal(24).astype(np.float32), "B")
+    node = helper.make_node("Conv", ["x", "W", "B"], ["y"], kernel_shape=[7], strides=[3], name="c")
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 80, "t"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, b])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    ref_bytes = m.SerializeToString()
+    assert conv1d_as_matmul(m.graph) == 1
+    assert {n.op_type for n in m.graph.node} == {"Transpose", "Slice", "Concat", "MatMul", "Add"}
+    assert "W" not in {i.name for i in m.graph.initializer}
+    for t in (7, 8, 9, 10, 50, 301):
+        x = rng.standard_normal((2, 80, t)).astype(np.float32)
+        want, got = _run(ref_bytes, {"x": x}), _run(m.SerializeToString(), {"x": x})
+        assert got.shape == want.shape == (2, 24, (t - 7) // 3 + 1)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,192 @@
+"""ASR capacity: N concurrent real-time streams of real speech, latency measured at the client.
+
+Each stream is one WebSocket session that plays a playlist of the sentences of ../shared/eval/speech
+(every stream starts at a different sentence), each followed by ``--gap`` seconds of silence, at real-time
+pace (20 ms frames), for ``--seconds``; the streams start within the first 3 s. The load generator runs
+in this process, on the same machine as the server (``voxserve serve``, pipelines vad,asr).
+
+Reported per stream count:
+
+- **final latency** measured at the client: arrival of a final minus the send time of the frame at which
+  the end of speech is known, i.e. the VAD's hangover after the last speech frame (``min_silence_ms``,
+  300 ms by default) has been sent. The final's ``end`` is the last speech frame + 80 ms of tail, so the
+  end is known at ``end + hangover - 80 ms``. The server's own figure (``latency.total_ms``, from its
+  end-of-utterance decision) is shown beside it.
+- **interim gaps**: seconds between consecutive interims while a segment is open (the first from the
+  VAD's ``speech_start`` event), as the client sees them.
+- **WER** of the finals over the sentences sent completely (each final belongs to the sentence its
+  audio overlaps most), normalised as in ``bench/asr_eval.py``.
+- server CPU, budget events, errors.
+
+    python bench/asr_load.py --streams 4 8 12 --seconds 60 [--server-arg=--asr-precision=fp32] [--record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import psutil
+import websockets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from asr_eval import load16  # noqa: E402
+from common import SHARED, install_uvloop, percentiles, record, start_server  # noqa: E402
+from textnorm import wer  # noqa: E402
+
+FRAME = 320                      # 20 ms at 16 kHz
+TAIL_MS = 80                     # what the ASR stage adds after the last speech frame (server/stages/asr.py)
+
+
+def playlist(sentences, refs, first: int, seconds: float, gap_s: float):
+    """(pcm int16 bytes, [(start_sample, end_sample, reference)]) of sentences from ``first`` on, looped."""
+    parts, spans, pos, k = [], [], 0, first
+    silence = np.zeros(int(gap_s * 16000), np.float32)
+    while pos < seconds * 16000:
+        x = sentences[k % len(sentences)]
+        spans.append((pos, pos + len(x), refs[k % len(refs)]))
+        parts += [x, silence]
+        pos += len(x) + len(silence)
+        k += 1
+    pcm = (np.clip(np.concatenate(parts), -1, 1) * 32767).astype("<i2").tobytes()
+    return pcm, spans
+
+
+async def one(url, pcm, spans, seconds, delay, hangover_ms, out):
+    await asyncio.sleep(delay)
+    n = min(int(seconds * 1000 / 20), len(pcm) // (FRAME * 2))
+    sent = np.zeros(n + 1)
+    finals, events = [], []
+    async with websockets.connect(url, subprotocols=["voxserve.v1.msgpack"], compression=None, max_size=None) as ws:
+        await ws.send(msgpack.packb({"type": "start", "sample_rate": 16000, "pipelines": ["asr"]}))
+        if msgpack.unpackb(await ws.recv()).get("type") != "ready":
+            out["refused"] += 1
+            return
+
+        async def reader():
+            async for m in ws:
+                ev = msgpack.unpackb(m)
+                now = time.perf_counter()
+                events.append((now, ev))
+                t = ev.get("type")
+                if t == "transcript":
+                    finals.append(ev)
+                    known = ev["end_sample"] + (hangover_ms - TAIL_MS) * 16
+                    idx = known // FRAME
+                    if idx <= n and sent[min(idx, n)]:
+                        out["final_client_ms"].append((now - sent[min(idx, n)]) * 1000)
+                    out["final_server_ms"].append(ev["latency"]["total_ms"])
+                elif t == "budget":
+                    out["budget"] += 1
+                elif t == "error":
+                    out["errors"].append(ev.get("code"))
+
+        rt = asyncio.create_task(reader())
+        t0 = time.perf_counter()
+        for i in range(n):
+            d = t0 + i * 0.02 - time.perf_counter()
+            if d > 0:
+                await asyncio.sleep(d)
+            sent[i] = time.perf_counter()
+            await ws.send(msgpack.packb({"type": "audio", "pcm": pcm[i * FRAME * 2:(i + 1) * FRAME * 2]}))
+        await ws.send(msgpack.packb({"type": "stop"}))
+        await rt
+    # interim gaps as the client saw them
+    last, open_ = None, False
+    for t, e in events:
+        if e.get("type") == "vad" and e.get("event") == "speech_start":
+            open_, last = True, t
+        elif e.get("type") == "vad" and e.get("event") == "speech_end":
+            open_ = False
+        elif e.get("type") == "transcript_interim" and open_ and last is not None:
+            out["gaps_ms"].append((t - last) * 1000)
+            last = t
+    # finals to the sentences sent completely
+    sent_end = n * FRAME
+    texts: dict[int, list[str]] = {}
+    for f in finals:
+        a, b = f["start_sample"], f["end_sample"]
+        overlaps = [max(0, min(b, e) - max(a, s)) for s, e, _ in spans]
+        k = int(np.argmax(overlaps))
+        if overlaps[k] > 0:
+            texts.setdefault(k, []).append(f["text"])
+    for k, (s, e, ref) in enumerate(spans):
+        if e + 16000 <= sent_end:
+            out["pairs"].append((ref, " ".join(texts.get(k, []))))
+
+
+def run_level(streams, seconds, gap_s, extra_args, sentences, refs):
+    proc, port = start_server(["--pipelines", "vad,asr", "--max-sessions", str(streams + 10), "--no-admission",
+                               *extra_args])
+    sp = psutil.Process(proc.pid)
+    out = {"final_client_ms": [], "final_server_ms": [], "gaps_ms": [], "pairs": [], "errors": [], "budget": 0,
+           "refused": 0}
+    try:
+        url = f"ws://127.0.0.1:{port}/v1/stream"
+        lists = [playlist(sentences, refs, 3 * i, seconds, gap_s) for i in range(streams)]
+        c0, t0 = sp.cpu_times(), time.perf_counter()
+
+        async def go():
+            await asyncio.gather(*[one(url, pcm, spans, seconds, 3.0 * i / streams, 300, out)
+                                   for i, (pcm, spans) in enumerate(lists)])
+        asyncio.run(go())
+        c1, t1 = sp.cpu_times(), time.perf_counter()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    gaps = out["gaps_ms"]
+    return {"streams": streams, "server_cpu_cores": round((c1.user + c1.system - c0.user - c0.system) / (t1 - t0), 3),
+            "finals": len(out["final_server_ms"]),
+            "final_client_ms": percentiles(out["final_client_ms"], (50, 95, 99)),
+            "final_server_ms": percentiles(out["final_server_ms"], (50, 95, 99)),
+            "interim_gap_ms": percentiles(gaps, (50, 95, 99)), "interim_gap_max_ms": round(max(gaps), 1) if gaps else None,
+            "interims_over_600ms": round(sum(g > 600 for g in gaps) / max(1, len(gaps)), 4),
+            "sentences": len(out["pairs"]), "wer": round(wer(out["pairs"]), 4), "budget_events": out["budget"],
+            "errors": len(out["errors"]), "refused": out["refused"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--streams", type=int, nargs="+", default=[12])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--gap", type=float, default=1.0, help="silence after each sentence (s)")
+    ap.add_argument("--server-arg", action="append", default=[])
+    ap.add_argument("--record", action="store_true")
+    args = ap.parse_args()
+    install_uvloop()
+    rows = [r for r in csv.DictReader(open(SHARED / "eval" / "speech" / "manifest.tsv"), delimiter="\t")
+            if "alphanumeric" not in r["path"]]
+    sentences = [load16(SHARED / "eval" / "speech" / r["path"]) for r in rows]
+    refs = [r["reference"] for r in rows]
+    results = []
+    for n in args.streams:
+        r = run_level(n, args.seconds, args.gap, args.server_arg, sentences, refs)
+        print(json.dumps(r), flush=True)
+        results.append(r)
+    if args.record:
+        lines = ["| streams | server CPU (cores) | finals | final latency at client p50/p95/p99 ms | server p50/p95/p99 ms "
+                 "| interim gap p50/p95/max ms | interims > 600 ms | WER (sentences) | budget events | errors |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in results:
+            fc, fs, g = r["final_client_ms"], r["final_server_ms"], r["interim_gap_ms"]
+            lines.append(f"| {r['streams']} | {r['server_cpu_cores']} | {r['finals']} | {fc['p50']} / {fc['p95']} / "
+                         f"{fc['p99']} | {fs['p50']} / {fs['p95']} / {fs['p99']} | {g['p50']} / {g['p95']} / "
+                         f"{r['interim_gap_max_ms']} | {r['interims_over_600ms'] * 100:.1f} % | {r['wer'] * 100:.1f} % "
+                         f"({r['sentences']}) | {r['budget_events']} | {r['errors']} |")
+        server = " ".join(args.server_arg)
+        cmd = (f"python bench/asr_load.py --streams {' '.join(map(str, args.streams))} --seconds {args.seconds:g}"
+               + "".join(f" --server-arg={a}" for a in args.server_arg) + " --record")
+        record("ASR capacity: real-time streams, latency at the client", cmd,
+               (f"Server arguments: `{server}`.\n\n" if server else "") + "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
