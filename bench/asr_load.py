@@ -19,6 +19,11 @@ Reported per stream count:
 - server CPU, budget events, errors.
 
     python bench/asr_load.py --streams 4 8 12 --seconds 60 [--server-arg=--asr-precision=fp32] [--record]
+    python bench/asr_load.py --streams 12 --baseline /tmp/old      # a checkout of older code, same run
+
+``--baseline DIR`` also runs, before each level, a server made of the source checkout ``DIR`` (its
+``server/ engines/ clients/ models/`` put on ``PYTHONPATH`` as ``voxserve.*`` ahead of the installed
+package; same dependencies), so before and after are measured in one run on the same machine.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ import argparse
 import asyncio
 import csv
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,9 +129,18 @@ async def one(url, pcm, spans, seconds, delay, hangover_ms, out):
             out["pairs"].append((ref, " ".join(texts.get(k, []))))
 
 
-def run_level(streams, seconds, gap_s, extra_args, sentences, refs):
+def baseline_env(checkout: str) -> dict:
+    """Environment that makes ``voxserve.*`` resolve to the source folders of ``checkout``."""
+    root = Path(tempfile.mkdtemp(prefix="voxserve-baseline-"))
+    (root / "voxserve").mkdir()
+    for name in ("server", "engines", "clients", "models"):
+        (root / "voxserve" / name).symlink_to(Path(checkout).resolve() / name)
+    return {"PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def run_level(streams, seconds, gap_s, extra_args, sentences, refs, env=None):
     proc, port = start_server(["--pipelines", "vad,asr", "--max-sessions", str(streams + 10), "--no-admission",
-                               *extra_args])
+                               *extra_args], env=env)
     sp = psutil.Process(proc.pid)
     out = {"final_client_ms": [], "final_server_ms": [], "gaps_ms": [], "pairs": [], "errors": [], "budget": 0,
            "refused": 0}
@@ -158,6 +174,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--gap", type=float, default=1.0, help="silence after each sentence (s)")
     ap.add_argument("--server-arg", action="append", default=[])
+    ap.add_argument("--baseline", help="a source checkout of older code, measured before each level")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
     install_uvloop()
@@ -166,25 +183,34 @@ def main() -> int:
     sentences = [load16(SHARED / "eval" / "speech" / r["path"]) for r in rows]
     refs = [r["reference"] for r in rows]
     results = []
+    env = baseline_env(args.baseline) if args.baseline else None
     for n in args.streams:
-        r = run_level(n, args.seconds, args.gap, args.server_arg, sentences, refs)
-        print(json.dumps(r), flush=True)
-        results.append(r)
+        for code, e in ((["baseline"], env), (["current"], None)) if env else ((["current"], None),):
+            r = run_level(n, args.seconds, args.gap, args.server_arg, sentences, refs, env=e)
+            r["code"] = code[0]
+            print(json.dumps(r), flush=True)
+            results.append(r)
     if args.record:
-        lines = ["| streams | server CPU (cores) | finals | final latency at client p50/p95/p99 ms | server p50/p95/p99 ms "
+        lines = ["| code | streams | server CPU (cores) | finals | final latency at client p50/p95/p99 ms | server p50/p95/p99 ms "
                  "| interim gap p50/p95/max ms | interims > 600 ms | WER (sentences) | budget events | errors |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in results:
             fc, fs, g = r["final_client_ms"], r["final_server_ms"], r["interim_gap_ms"]
-            lines.append(f"| {r['streams']} | {r['server_cpu_cores']} | {r['finals']} | {fc['p50']} / {fc['p95']} / "
+            lines.append(f"| {r['code']} | {r['streams']} | {r['server_cpu_cores']} | {r['finals']} | {fc['p50']} / {fc['p95']} / "
                          f"{fc['p99']} | {fs['p50']} / {fs['p95']} / {fs['p99']} | {g['p50']} / {g['p95']} / "
                          f"{r['interim_gap_max_ms']} | {r['interims_over_600ms'] * 100:.1f} % | {r['wer'] * 100:.1f} % "
                          f"({r['sentences']}) | {r['budget_events']} | {r['errors']} |")
         server = " ".join(args.server_arg)
+        if args.baseline:
+            import subprocess
+            rev = subprocess.run(["git", "-C", args.baseline, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip() or "?"
+            server = (server + " " if server else "") + f"(baseline = commit {rev})"
         cmd = (f"python bench/asr_load.py --streams {' '.join(map(str, args.streams))} --seconds {args.seconds:g}"
-               + "".join(f" --server-arg={a}" for a in args.server_arg) + " --record")
+               + "".join(f" --server-arg={a}" for a in args.server_arg)
+               + (f" --baseline {args.baseline}" if args.baseline else "") + " --record")
         record("ASR capacity: real-time streams, latency at the client", cmd,
-               (f"Server arguments: `{server}`.\n\n" if server else "") + "\n".join(lines))
+               (f"Server: {server}.\n\n" if server else "") + "\n".join(lines))
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxserve.engines.base import EngineError
+from voxserve.engines.base import EngineError, run_items
 from voxserve.engines.factory import create_engine
 
 from .tokenizer import Tokenizer
@@ -116,7 +116,8 @@ class MoonshineModel:
 
     def transcribe(self, audios: list[np.ndarray], bucket_samples: int = 0,
                    hints: list[list[int] | None] | None = None) -> list[Hypothesis]:
-        """Greedy transcripts; equal-length inputs share every engine call. ``hints``: per input, tokens a
+        """Greedy transcripts (an input the encoder cannot take gets its EngineError in its slot instead);
+        equal-length inputs share every engine call. ``hints``: per input, tokens a
         previous decode of the same (shorter) segment produced; they are checked in one teacher-forced
         decoder call and the part greedy decoding would itself produce is kept, so the result is the
         greedy transcript with one call instead of one per hinted token.
@@ -137,15 +138,24 @@ class MoonshineModel:
                 for i in idx:
                     out[i] = Hypothesis([], "")
                 continue
-            tokens = self._decode(np.stack([audios[i] for i in idx]), n / 16000.0,
-                                  [hints[i] for i in idx] if hints else None)
-            for i, t in zip(idx, tokens):
+            # the encoder through run_items (the path the engine contract suite checks): an input it
+            # cannot take (NaN, wrong shape) fails alone, as an EngineError in its slot
+            encoded = run_items(self.encoder, [{"input_values": np.asarray(audios[i], np.float32)} for i in idx])
+            for i, e in zip(idx, encoded):
+                if isinstance(e, Exception):
+                    out[i] = e                                          # type: ignore[assignment]
+            good = [(i, e) for i, e in zip(idx, encoded) if not isinstance(e, Exception)]
+            if not good:
+                continue
+            tokens = self._decode(np.stack([e["last_hidden_state"] for _, e in good]), n / 16000.0,
+                                  [hints[i] for i, _ in good] if hints else None)
+            for (i, _), t in zip(good, tokens):
                 out[i] = Hypothesis(t, self.tokenizer.decode(t))
         return out  # type: ignore[return-value]
 
-    def _decode(self, audio: np.ndarray, seconds: float, hints: list[list[int] | None] | None = None) -> list[list[int]]:
-        b = audio.shape[0]
-        hidden = self.encode(audio)
+    def _decode(self, hidden: np.ndarray, seconds: float, hints: list[list[int] | None] | None = None) -> list[list[int]]:
+        """Greedy decode of encoder states ``hidden`` [B, T, 416] of ``seconds`` of audio each."""
+        b = hidden.shape[0]
         max_tokens = int(seconds * TOKENS_PER_SECOND) + 4
         empty = np.zeros((b, HEADS, 1, HEAD_DIM), np.float32)     # dummy past for the no-cache branch
         feeds = {name: empty for name in self._dec_inputs if name.startswith("past_key_values")}

@@ -322,6 +322,11 @@ class AsrStream(StageStream):
             m.budget_violations.labels("asr_partial", "skip").inc()
             self.ctx.emit({"type": "budget", "stage": "asr_partial", "budget_ms": self.opts["budget_partial_ms"],
                            "observed_ms": round((now - t0) * 1000, 1), "action": "skip"}, True)
+            # the skipped one was stale; one with the audio heard since takes its place at once (it has a
+            # fresh deadline, so the user is not left a further cadence without an interim)
+            end_now = self.ctx.ring.end
+            if seg.speculative is None and end_now - end >= 1600:
+                self._interim(end_now)
             return
         m.stage_latency.labels("asr_partial").observe(now - t0)
         seg.tokens = list(out.value.tokens)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxserve.engines.base import Engine, EngineError
+from voxserve.engines.base import Engine, EngineError, stack_states, unstack_states
 from voxserve.engines.factory import create_engine
 from voxserve.engines.graph_fixes import cached_derivative, cached_fixed_graph
 
@@ -233,13 +233,15 @@ class WakewordFrontEnd:
         """Incremental path: one batched step call per round; round j advances every item with more
         than j steps by one step (real-time streams have k = 1: one call for the whole batch)."""
         embs = np.empty((len(mel_new), EMB_DIM), np.float32)
-        caches = [list(it.acoustic) for it in items]
+        # per-stream caches as state maps, batched and split by the engine helpers the contract suite checks
+        states = [dict(enumerate(it.acoustic)) for it in items]
         for j in range(max(counts)):
             live = [i for i, k in enumerate(counts) if k > j]
             rows = [offsets[i] + j for i in live]
-            stacked = [np.stack([caches[i][c] for i in live]) for c in range(len(caches[live[0]]))]
-            out, new = self.incremental.step(mel_new[rows].reshape(len(live), NEW_FRAMES, 32), stacked)
+            stacked = stack_states([states[i] for i in live])
+            out, new = self.incremental.step(mel_new[rows].reshape(len(live), NEW_FRAMES, 32),
+                                             [stacked[c] for c in range(len(stacked))])
             embs[rows] = out
-            for n, i in enumerate(live):
-                caches[i] = [c[n] for c in new]
-        return embs, caches
+            for i, st in zip(live, unstack_states(dict(enumerate(new)), len(live))):
+                states[i] = st
+        return embs, [[st[c] for c in range(len(st))] for st in states]

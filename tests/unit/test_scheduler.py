@@ -49,6 +49,30 @@ async def test_max_batch_caps_and_earliest_deadline_first():
     await s.stop()
 
 
+async def test_priority_goes_before_deadline():
+    """ASR finals (priority 0) run before interims (1) queued earlier with earlier deadlines."""
+    rec = Recorder(delay=0.01)
+    s = BatchScheduler("t", rec, max_batch=1, max_wait_s=0.02)
+    now = time.perf_counter()
+    futs = [s.submit(i, deadline=now + 1 + i, priority=1) for i in range(3)]
+    futs.append(s.submit(9, deadline=now + 100, priority=0))
+    await asyncio.gather(*futs)
+    assert rec.batches == [[9], [0], [1], [2]]
+    await s.stop()
+
+
+async def test_batch_key_keeps_unrelated_work_out_of_a_batch():
+    """A batch holds the first request (by priority, deadline) and only requests with its key; the rest
+    stay queued for the next batch in their own order."""
+    rec = Recorder()
+    s = BatchScheduler("t", rec, max_batch=8, max_wait_s=0.02, batch_key=lambda x: x % 2)
+    now = time.perf_counter()
+    futs = [s.submit(i, deadline=now + 10 + i) for i in (1, 2, 3, 4, 5, 6)]
+    await asyncio.gather(*futs)
+    assert rec.batches == [[1, 3, 5], [2, 4, 6]]
+    await s.stop()
+
+
 async def test_first_request_does_not_wait_longer_than_max_wait():
     rec = Recorder()
     s = BatchScheduler("t", rec, max_batch=64, max_wait_s=0.005)
