@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from asr_eval import load16  # noqa: E402
-from common import SHARED, machine, record, today  # noqa: E402
+from common import SHARED, record  # noqa: E402
 from textnorm import wer  # noqa: E402
 
 
@@ -58,8 +58,7 @@ def main() -> int:
             f"{sum(a != b for a, b in zip(hyps['base'], hyps['q8']))} of {len(rows)}.")
     print(body)
     if args.record:
-        record(f"ASR: dynamic int8 activation quantization ({today()})", "python bench/asr_quant.py",
-               f"{machine()}\n\n{body}")
+        record("ASR: int8", "python bench/asr_quant.py --record", body)
     return 0
 
 

@@ -63,6 +63,13 @@ class Engine(abc.ABC):
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batched call. Every output has the batch size of the inputs as its first axis."""
 
+    def infer_device(self, feeds: Mapping[str, object], host_outputs: Sequence[str]) -> dict:
+        """Like :meth:`infer`, for loops that feed outputs back as inputs (KV caches): outputs named in
+        ``host_outputs`` come back as numpy; the others may stay in the engine's device memory as opaque
+        handles, valid only as feeds of engines of the same kind and device. Feeds may be numpy or such
+        handles. Default: :meth:`infer` (numpy everywhere)."""
+        return self.infer({k: host_array(v) for k, v in feeds.items()})
+
     def warmup(self, batch_sizes: Sequence[int] = (1,), fill: int = 1) -> None:
         for b in batch_sizes:
             if self.max_batch is not None and b > self.max_batch:
@@ -77,6 +84,15 @@ class Engine(abc.ABC):
                 "max_batch": self.max_batch,
                 "inputs": [(s.name, list(s.shape), str(s.dtype)) for s in self.inputs],
                 "outputs": [(s.name, list(s.shape), str(s.dtype)) for s in self.outputs]}
+
+
+def host_array(value) -> np.ndarray:
+    """A numpy array of ``value``: numpy as it is, a device handle (ONNX Runtime ``OrtValue``) copied to
+    the host."""
+    if isinstance(value, np.ndarray):
+        return value
+    to_numpy = getattr(value, "numpy", None)
+    return to_numpy() if callable(to_numpy) else np.asarray(value)
 
 
 def stack_states(states: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -135,3 +135,25 @@ class OrtEngine(Engine):
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self.session.run(self._out_names, dict(feeds))
         return dict(zip(self._out_names, outs))
+
+    def infer_device(self, feeds: Mapping[str, object], host_outputs: Sequence[str]) -> dict:
+        """I/O binding: feeds that are ``OrtValue`` handles are bound where they live (no copy), numpy
+        feeds are copied in, outputs not in ``host_outputs`` stay on the session's device (CUDA memory for
+        the CUDA/TensorRT providers) as ``OrtValue`` handles."""
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        device = "cpu" if self.kind == "onnxruntime-cpu" else "cuda"
+        for name in self._out_names:
+            if name in host_outputs:
+                binding.bind_output(name, "cpu")
+            else:
+                binding.bind_output(name, device, 0)
+        self.session.run_with_iobinding(binding)
+        outs = binding.get_outputs()
+        return {n: (o.numpy() if n in host_outputs else o) for n, o in zip(self._out_names, outs)}

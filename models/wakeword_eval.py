@@ -51,13 +51,34 @@ def load_eval_audio(shared: Path, names: list[str] | None = None) -> tuple[list[
     return speech, noise
 
 
-def count_events(scores: np.ndarray, threshold: float) -> int:
+def count_events(scores: np.ndarray, threshold: float, patience: int = 1) -> int:
+    """Detections the server would make in one stream: ``patience`` consecutive steps at or above
+    ``threshold``, then quiet for the 2 s refractory time (as ``WakewordStream._detect``)."""
+    above = scores >= threshold
+    if patience > 1:
+        above = streak_ok(scores, threshold, patience)
     events, last = 0, -10 ** 9
-    for i in np.flatnonzero(scores >= threshold):
+    for i in np.flatnonzero(above):
         if i - last >= REFRACTORY_STEPS:
             events += 1
             last = i
     return events
+
+
+def streak_ok(scores: np.ndarray, threshold: float, patience: int) -> np.ndarray:
+    """Per step: whether it ends a run of ``patience`` consecutive steps at or above ``threshold``."""
+    above = (scores >= threshold).astype(np.int64)
+    if patience <= 1 or len(above) < patience:
+        return above.astype(bool) if patience <= 1 else np.zeros(len(above), bool)
+    run = np.convolve(above, np.ones(patience, np.int64), mode="full")[: len(above)]
+    return run >= patience
+
+
+def rolling_min(scores: np.ndarray, patience: int) -> np.ndarray:
+    """The lowest score of each run of ``patience`` consecutive steps (a run fires iff it is >= threshold)."""
+    if patience <= 1 or len(scores) < patience:
+        return scores if patience <= 1 else np.zeros(0, scores.dtype)
+    return np.lib.stride_tricks.sliding_window_view(scores, patience).min(axis=1)
 
 
 @dataclass
@@ -247,6 +268,17 @@ def score_eval_set(score, es: EvalSet, max_fa_per_hour: float = 0.5, warmup_step
                         if len(w) and (st is None or (st >= first + skip).any()) else 0.0
                         for w, st in zip(es.positives, steps)])
     neg_scores = [run(w[skip:]) for w in es.negatives]
+    pos_scores = [run(w if st is None else w[st >= first + skip]) for w, st in zip(es.positives, steps)]
+
+    def patience_rows(p: int) -> list[dict]:
+        """FRR / false accepts per hour with the server's ``patience`` = p (1 is the default sweep)."""
+        best = np.array([float(rolling_min(sc, p).max()) if len(sc) >= p else 0.0 for sc in pos_scores])
+        out = []
+        for thr in (0.3, 0.5, 0.7, 0.85, 0.9, 0.95):
+            fa = sum(count_events(sc, thr, p) for sc in neg_scores)
+            out.append({"threshold": thr, "frr": round(float((best < thr).mean()), 4), "false_accepts": fa,
+                        "fa_per_hour": round(fa / es.negative_hours, 3)})
+        return out
     rows = []
     for thr in np.round(np.linspace(0.05, 0.95, 19), 2):
         fa = sum(count_events(s, thr) for s in neg_scores)
@@ -296,6 +328,7 @@ def score_eval_set(score, es: EvalSet, max_fa_per_hour: float = 0.5, warmup_step
             "negative_synthetic_minutes": round(es.synthetic_minutes, 2),
             "at_threshold_0.5": next(r for r in rows if abs(r["threshold"] - 0.5) < 1e-9), "det": rows,
             "operating_point": op,
+            "patience": {str(p): patience_rows(p) for p in (1, 2, 3)},
             "miss_rate_by_voice_at_0.5": {k: round(float(np.mean(np.array(v) < 0.5)), 3)
                                           for k, v in sorted(by_voice.items())},
             "positives_by_voice": {k: len(v) for k, v in sorted(by_voice.items())},

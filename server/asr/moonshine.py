@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxserve.engines.base import EngineError, run_items
+from voxserve.engines.base import EngineError, host_array, run_items
 from voxserve.engines.factory import create_engine
 
 from .tokenizer import Tokenizer
@@ -166,7 +166,9 @@ class MoonshineModel:
         prefix = [[self.tokenizer.bos] + (list(hints[r][:k]) if k else []) for r in range(b)]  # type: ignore[index]
         feeds["input_ids"] = np.array(prefix, np.int64)
         feeds["use_cache_branch"] = np.array([False])
-        outs = self.decoder.infer(feeds)
+        # The KV caches stay where the engine computed them (on a GPU: device memory, never copied to the
+        # host between tokens); only the logits come back. Engines without device buffers return numpy.
+        outs = self.decoder.infer_device(feeds, ("logits",))
         pred = outs["logits"].argmax(axis=-1)                    # [b, k + 1]: greedy choice after each position
         accepted = k
         for r in range(b):                                       # the longest prefix greedy would produce itself
@@ -177,6 +179,7 @@ class MoonshineModel:
         result: list[list[int]] = [list(prefix[r][1:accepted + 1]) for r in range(b)]
         nxt = pred[:, accepted]
         keep = accepted + 1                                      # self-attention cache positions still valid
+        prefix_len = k + 1
         done = np.zeros(b, bool)
         for step in range(max_tokens - accepted):
             for r in range(b):
@@ -194,11 +197,13 @@ class MoonshineModel:
                 # placeholders for it, so only the self-attention cache is carried forward then
                 if ".decoder." in name:
                     cache = outs[name]
-                    feeds[name.replace("present", "past_key_values")] = cache[:, :, :keep] if step == 0 else cache
+                    if step == 0 and keep < prefix_len:           # a rejected hint: cut its cache positions
+                        cache = host_array(cache)[:, :, :keep]
+                    feeds[name.replace("present", "past_key_values")] = cache
                 elif step == 0:
                     feeds[name.replace("present", "past_key_values")] = outs[name]
             feeds["input_ids"] = nxt.reshape(b, 1).astype(np.int64)
             feeds["use_cache_branch"] = np.array([True])
-            outs = self.decoder_step.infer(feeds)
+            outs = self.decoder_step.infer_device(feeds, ("logits",))
             nxt = outs["logits"][:, -1, :].argmax(axis=-1)
         return result

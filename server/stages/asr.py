@@ -48,7 +48,8 @@ from .base import Stage, StageStream, StreamContext, with_test_delay
 log = logging.getLogger("voxserve.asr")
 
 TAIL = 1280          # 80 ms of audio after the last speech frame go into a final
-BUCKET = 4000        # decode lengths are padded with silence to multiples of 0.25 s
+BUCKET = 4000        # CPU: decode lengths are padded with silence to multiples of 0.25 s
+GPU_BUCKET = 16000   # GPU: 1 s (a batch of 16 costs about what one does there, so fewer, fuller batches pay)
 
 ASR_SCHEMA = PipelineSchema(
     "asr",
@@ -93,10 +94,9 @@ def asr_int8(settings) -> bool:
     return "CUDAExecutionProvider" not in ort.get_available_providers()
 
 
-def _bucket(item) -> int:
-    """The length an item decodes at (its audio padded to a multiple of BUCKET, as ``_run`` does)."""
-    n = len(item[0] if isinstance(item, tuple) else item)
-    return n + (-n) % BUCKET if n >= 1600 else n
+def padded_length(n: int, bucket: int) -> int:
+    """The length ``n`` samples decode at (padded to a multiple of ``bucket``, as ``transcribe`` does)."""
+    return n + (-n) % bucket if n >= 1600 else n
 
 
 FINAL, INTERIM = 0, 1                # scheduler priorities
@@ -115,14 +115,19 @@ class AsrStage(Stage):
         self.model = model or MoonshineModel(settings.engine, settings.intra_op_threads,
                                              int8=asr_int8(settings))
         run = with_test_delay(self._run, settings, "asr")
-        # Two batches in flight (ONNX Runtime sessions may run concurrently): a final never waits behind
-        # a long interim decode that is already running.
+        # Batches in flight (ONNX Runtime sessions may run concurrently): on a CPU two, so a final never
+        # waits behind a long interim decode that is already running; on a GPU four, with 1 s length
+        # buckets (not load-measured: no GPU was lent to the session that set them).
+        on_gpu = getattr(getattr(self.model, "encoder", None), "kind", "onnxruntime-cpu") != "onnxruntime-cpu"
+        self.bucket = GPU_BUCKET if on_gpu else BUCKET
         # A batch holds only segments of one padded length (they share every engine call); finals
         # (priority 0) go before interims (1), so a final waits for at most the calls already running.
-        self.schedulers = {"asr": BatchScheduler("asr", run, max_batch=settings.max_batch, max_inflight=2,
+        self.schedulers = {"asr": BatchScheduler("asr", run, max_batch=settings.max_batch,
+                                                 max_inflight=4 if on_gpu else 2,
                                                  max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics,
                                                  timeout_s=settings.engine_timeout_s,
-                                                 runtime=getattr(admission, "runtime", None), batch_key=_bucket)}
+                                                 runtime=getattr(admission, "runtime", None),
+                                                 batch_key=self._batch_key)}
 
     def _run(self, items: list):
         """Items: 16 kHz audio, or (audio, hint tokens) where the hint is the segment's previous hypothesis
@@ -131,7 +136,10 @@ class AsrStage(Stage):
         hints = [it[1] if isinstance(it, tuple) else None for it in items]
         # 0.25 s buckets: streams whose segments are within 0.25 s of each other share encoder and
         # decoder calls (measured on CPU: 4 utterances together cost 79 ms each instead of 110 ms)
-        return self.model.transcribe(audios, bucket_samples=BUCKET, hints=hints if any(hints) else None)
+        return self.model.transcribe(audios, bucket_samples=self.bucket, hints=hints if any(hints) else None)
+
+    def _batch_key(self, item) -> int:
+        return padded_length(len(item[0] if isinstance(item, tuple) else item), self.bucket)
 
     async def start(self) -> None:
         sched = self.schedulers["asr"]

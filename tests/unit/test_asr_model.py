@@ -88,12 +88,13 @@ def test_teacher_forced_hint_gives_the_greedy_transcript_with_fewer_decoder_call
 
     model = MoonshineModel("onnxruntime-cpu")
     calls = [0]
-    infer = model.decoder.infer
+    infer = model.decoder.infer_device                # the merged graph serves both passes (fp32)
+    assert model.decoder_step is model.decoder
 
-    def counted(feeds):
+    def counted(feeds, host):
         calls[0] += 1
-        return infer(feeds)
-    model.decoder.infer = counted
+        return infer(feeds, host)
+    model.decoder.infer_device = counted
     plain_calls = hinted_calls = 0
     prev = None
     for n in range(16000, len(speech16k), 8000):
@@ -151,3 +152,17 @@ def test_int8_model_gives_the_fp32_transcripts(speech16k):
     for n in (48000, 96000):
         a, b = (_words(m.transcribe([speech16k[:n]])[0].text) for m in (int8, fp32))
         assert a[:len(b) - 1] == b[:-1] and abs(len(a) - len(b)) <= 1, (a, b)
+
+
+def test_kv_cache_kept_in_engine_buffers_gives_the_numpy_path_result(speech16k):
+    """The decoder loop keeps its KV caches as ONNX Runtime buffers (I/O binding: on a GPU they never
+    cross to the host); forced through the plain numpy path the tokens are the same, hinted or not."""
+    from voxserve.engines.base import Engine
+
+    model = MoonshineModel("onnxruntime-cpu", int8=True)
+    bound = [model.transcribe([speech16k[:n]])[0].tokens for n in (40000, 96000, len(speech16k))]
+    hinted = model.transcribe([speech16k], hints=[bound[1] + [5, 6]])[0].tokens     # a hint cut short
+    for e in (model.decoder, model.decoder_step):
+        e.infer_device = Engine.infer_device.__get__(e)
+    plain = [model.transcribe([speech16k[:n]])[0].tokens for n in (40000, 96000, len(speech16k))]
+    assert bound == plain and hinted == plain[2]

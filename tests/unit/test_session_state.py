@@ -207,9 +207,10 @@ class SlowModel(FakeModel):
 
 def test_interims_space_out_when_decodes_are_slow():
     """Real-time audio; interims every 300 ms of audio when decodes are quick, but no closer than twice the
-    time the last one took when they are slow (a loaded server), instead of being computed and skipped."""
-    async def gaps(model):
-        s, stage = asr_session(interim_interval_ms=300, budget_partial_ms=5000)
+    time the last one took when they are slow (a loaded server), instead of being computed and skipped;
+    never further apart than interim_max_interval_ms (500 by default), so users still see them."""
+    async def gaps(model, **opts):
+        s, stage = asr_session(interim_interval_ms=300, budget_partial_ms=5000, **opts)
         stage.model = model
         stage.schedulers["asr"].start()
         t = np.arange(64000) / 16000                     # 4 s of one continuous voiced sound, then silence
@@ -222,6 +223,8 @@ def test_interims_space_out_when_decodes_are_slow():
         ends = [e["end_ms"] for e in drain(s) if e["type"] == "transcript_interim"]
         return [b - a for a, b in zip(ends, ends[1:])]
     quick = asyncio.run(gaps(FakeModel()))
-    slow = asyncio.run(gaps(SlowModel(0.35)))
+    capped = asyncio.run(gaps(SlowModel(0.35)))
+    slow = asyncio.run(gaps(SlowModel(0.35), interim_max_interval_ms=2000))
     assert quick and min(quick) >= 290 and np.median(quick) < 450, quick
+    assert capped and min(capped) >= 490 and np.median(capped) < 560, capped   # 2 x 0.35 s, capped at 500
     assert slow and min(slow) >= 600, slow                # 2 x 0.35 s, less scheduling slack
