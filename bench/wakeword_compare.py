@@ -2,7 +2,8 @@
 
     python bench/wakeword_compare.py OLD.onnx NEW.onnx --phrase "hey jarvis" --out /tmp/ww/compare
 
-Each head is scored from its own ``warmup_steps`` (the set is built from the earliest), so a head that waits
+``--patience 1 2 3`` scores each head with each patience (consecutive 80 ms steps to fire, the server's
+option; the head's .json may name its own). Each head is scored from its own ``warmup_steps`` (the set is built from the earliest), so a head that waits
 2 s is not credited with detections the server would never make. Writes ``<out>/<head stem>-<n>/`` reports
 (the eval CLI's files) and prints one comparison table (markdown).
 """
@@ -30,6 +31,8 @@ def main() -> int:
     p.add_argument("--tone-minutes", type=float, default=30.0)
     p.add_argument("--max-fa-per-hour", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--patience", type=int, nargs="+", default=[1],
+                   help="score every head with each of these patience values (consecutive steps to fire)")
     p.add_argument("--write-threshold", action="store_true",
                    help="store the last head's operating point in its .json, as voxserve-wakeword eval --write-threshold")
     p.add_argument("--report", type=Path, default=None,
@@ -50,9 +53,9 @@ def main() -> int:
                         tone_minutes=args.tone_minutes)
     built = time.time() - t0
     rows = []
-    for i, (path, head) in enumerate(zip(args.heads, heads)):
-        r = {"model": str(path), **score_eval_set(head.score, es, args.max_fa_per_hour, head.warmup_steps)}
-        out = args.out / f"{path.stem}-{i}"
+    for i, (path, head), pat in ((i, ph, pat) for i, ph in enumerate(zip(args.heads, heads)) for pat in args.patience):
+        r = {"model": str(path), **score_eval_set(head.score, es, args.max_fa_per_hour, head.warmup_steps, pat)}
+        out = args.out / f"{path.stem}-{i}-p{pat}"
         out.mkdir(parents=True, exist_ok=True)
         (out / "wakeword-eval.json").write_text(json.dumps(r, indent=2) + "\n")
         (out / "wakeword-eval.md").write_text(report_markdown(r))
@@ -73,6 +76,7 @@ def main() -> int:
         meta_path = path.with_suffix(".json")
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         meta["threshold"] = op["threshold"]
+        meta["patience"] = r["patience_used"]
         meta["calibration"] = {"max_fa_per_hour": args.max_fa_per_hour, "frr": round(op["frr"], 4),
                                "fa_per_hour": round(op["fa_per_hour"], 3), "positives": r["positives"],
                                "negative_hours": r["negative_hours"], "by": "bench/wakeword_compare.py"}
@@ -81,8 +85,8 @@ def main() -> int:
           f"{built:.0f} s\n")
     cats = sorted({k for _, _, r in rows for k in (r.get("by_category_at_operating_point") or r["by_category_at_0.5"])})
     head_cols = " | ".join(c.replace("positives: ", "miss ").replace("negatives: ", "FA/h ") for c in cats)
-    print(f"| head | warm-up | threshold | FRR | FA/h | {head_cols} | confusable fired |")
-    print("|---" * (6 + len(cats)) + "|")
+    print(f"| head | warm-up | patience | threshold | FRR | FA/h | {head_cols} | confusable fired |")
+    print("|---" * (7 + len(cats)) + "|")
     for path, head, r in rows:
         op = r["operating_point"]
         cat = r.get("by_category_at_operating_point") or r["by_category_at_0.5"]
@@ -95,7 +99,7 @@ def main() -> int:
             cells.append(f"{row['miss_rate'] * 100:.1f} %" if "miss_rate" in row else
                          f"{row.get('fa_per_hour') or 0:.2f}")
         fired = cat.get("negatives: confusable", {}).get("share_fired")
-        print(f"| {path} | {head.warmup_steps * 80} ms | {thr:.2f}{'' if op else ' (no point at target)'} | "
+        print(f"| {path} | {head.warmup_steps * 80} ms | {r['patience_used']} | {thr:.2f}{'' if op else ' (no point at target)'} | "
               f"{frr * 100:.1f} % | {fa:.2f} | {' | '.join(cells)} | "
               f"{'' if fired is None else f'{fired * 100:.1f} %'} |")
     return 0

@@ -236,12 +236,12 @@ def build_eval_set(phrase: str, shared: Path, n: int, *, positives: int = 600, s
 
 
 def operating_point(pos_max: np.ndarray, neg_scores: list[np.ndarray], hours: float,
-                    max_fa_per_hour: float) -> dict | None:
+                    max_fa_per_hour: float, patience: int = 1) -> dict | None:
     """The threshold (0.01 grid) with the fewest misses whose false accepts stay at or under
     ``max_fa_per_hour`` (the higher threshold on ties), or None if no threshold up to 0.99 gets there."""
     best = None
     for thr in np.round(np.arange(0.05, 1.0, 0.01), 2):
-        fa = sum(count_events(s, thr) for s in neg_scores)
+        fa = sum(count_events(s, thr, patience) for s in neg_scores)
         if fa / hours > max_fa_per_hour:
             continue
         frr = float((pos_max < thr).mean())
@@ -253,26 +253,30 @@ def operating_point(pos_max: np.ndarray, neg_scores: list[np.ndarray], hours: fl
     return best
 
 
-def score_eval_set(score, es: EvalSet, max_fa_per_hour: float = 0.5, warmup_steps: int | None = None) -> dict:
+def score_eval_set(score, es: EvalSet, max_fa_per_hour: float = 0.5, warmup_steps: int | None = None,
+                   patience: int = 1) -> dict:
     """FRR / false accepts per hour over a threshold sweep, for ``score`` (windows -> scores), and the
     operating point: the fewest misses at or under ``max_fa_per_hour``. With ``warmup_steps`` (a head's),
     windows of earlier steps are not scored, as the server would not score them (a set built from an
-    earlier ``first_step`` serves heads with later warm-ups)."""
+    earlier ``first_step`` serves heads with later warm-ups). ``patience``: consecutive steps at or above
+    the threshold before a detection, as the server's option (a positive is found if a run of that many
+    of its counted steps clears the threshold)."""
     def run(w):
         return np.concatenate([score(w[i:i + 512]) for i in range(0, len(w), 512)]) if len(w) else np.zeros(0)
 
     first = getattr(es, "first_step", 25)
     skip = max(0, (warmup_steps or first) - first)
     steps = getattr(es, "positive_steps", []) or [None] * len(es.positives)
-    pos_arr = np.array([float(run(w if st is None else w[st >= first + skip]).max())
-                        if len(w) and (st is None or (st >= first + skip).any()) else 0.0
-                        for w, st in zip(es.positives, steps)])
     neg_scores = [run(w[skip:]) for w in es.negatives]
     pos_scores = [run(w if st is None else w[st >= first + skip]) for w, st in zip(es.positives, steps)]
 
+    def best_run(sc: np.ndarray, p: int) -> float:
+        return float(rolling_min(sc, p).max()) if len(sc) >= p else 0.0
+    pos_arr = np.array([best_run(sc, patience) for sc in pos_scores])
+
     def patience_rows(p: int) -> list[dict]:
         """FRR / false accepts per hour with the server's ``patience`` = p (1 is the default sweep)."""
-        best = np.array([float(rolling_min(sc, p).max()) if len(sc) >= p else 0.0 for sc in pos_scores])
+        best = np.array([best_run(sc, p) for sc in pos_scores])
         out = []
         for thr in (0.3, 0.5, 0.7, 0.85, 0.9, 0.95):
             fa = sum(count_events(sc, thr, p) for sc in neg_scores)
@@ -281,7 +285,7 @@ def score_eval_set(score, es: EvalSet, max_fa_per_hour: float = 0.5, warmup_step
         return out
     rows = []
     for thr in np.round(np.linspace(0.05, 0.95, 19), 2):
-        fa = sum(count_events(s, thr) for s in neg_scores)
+        fa = sum(count_events(s, thr, patience) for s in neg_scores)
         rows.append({"threshold": float(thr), "frr": float((pos_arr < thr).mean()), "false_accepts": fa,
                      "fa_per_hour": fa / es.negative_hours})
     by_voice: dict[str, list[float]] = {}
@@ -306,12 +310,12 @@ def score_eval_set(score, es: EvalSet, max_fa_per_hour: float = 0.5, warmup_step
         secs = getattr(es, "negative_seconds", []) or [es.negative_hours * 3600 / max(1, len(neg_scores))] * len(neg_scores)
         for cat in sorted(set(ncats)):
             idx = [i for i, c in enumerate(ncats) if c == cat]
-            events = sum(count_events(neg_scores[i], thr) for i in idx)
+            events = sum(count_events(neg_scores[i], thr, patience) for i in idx)
             hours = sum(secs[i] for i in idx) / 3600
             row = {"streams": len(idx), "hours": round(hours, 3), "false_accepts": events,
                    "fa_per_hour": round(events / hours, 3) if hours else None}
             if cat == "confusable":
-                fired = sum(1 for i in idx if len(neg_scores[i]) and float(neg_scores[i].max()) >= thr)
+                fired = sum(1 for i in idx if best_run(neg_scores[i], patience) >= thr)
                 row["share_fired"] = round(fired / max(1, len(idx)), 4)
             out[f"negatives: {cat}"] = row
         return out
@@ -319,8 +323,8 @@ def score_eval_set(score, es: EvalSet, max_fa_per_hour: float = 0.5, warmup_step
     snr_band = lambda c: f"{int(c['snr_db'] // 5) * 5:>2}-{int(c['snr_db'] // 5) * 5 + 5} dB"   # noqa: E731
     conditions = {"noise": by_condition(lambda c: c["noise"]), "snr": by_condition(snr_band),
                   "reverb": by_condition(lambda c: "reverberant" if c["reverb"] else "dry")}
-    op = operating_point(pos_arr, neg_scores, es.negative_hours, max_fa_per_hour)
-    return {"phrase": es.phrase, "positives": len(pos_arr), "negative_hours": round(es.negative_hours, 3),
+    op = operating_point(pos_arr, neg_scores, es.negative_hours, max_fa_per_hour, patience)
+    return {"phrase": es.phrase, "patience_used": patience, "positives": len(pos_arr), "negative_hours": round(es.negative_hours, 3),
             "first_step": max(getattr(es, "first_step", 25), warmup_steps or 0),
             "by_category_at_operating_point": categories(op["threshold"]) if op else None,
             "by_category_at_0.5": categories(0.5),

@@ -50,7 +50,8 @@ MAX_STEPS_PER_REQUEST = 64
 DETECTION_OPTIONS = (
     Option("threshold", float, None, "score at or above which a step counts; null (the default): each head's "
            "calibrated threshold from its .json (0.5 for heads without one)", min=0.0, max=1.0),
-    Option("patience", int, 1, "consecutive 80 ms steps at or above threshold before firing", min=1, max=50),
+    Option("patience", int, None, "consecutive 80 ms steps at or above threshold before firing; null (the "
+           "default): each head's calibrated patience from its .json (1 for heads without one)", min=1, max=50),
     Option("refractory_ms", int, 2000, "after firing, the same head stays quiet this long", min=0, max=60000),
 )
 
@@ -144,6 +145,7 @@ class WakewordStage(Stage):
         # The heads (a few thousand weights each) run on ONNX Runtime CPU whatever --engine says; the front
         # end (mel + embedding, the costly part) runs on the configured engine.
         d["models"] = {n: {"features": h.flavour, "embeddings": h.n_embeddings, "threshold": h.threshold,
+                           "patience": h.patience,
                            "file": h.path.name, "engine": "onnxruntime-cpu"}
                        for n, h in self.heads.items()}
         return d
@@ -327,6 +329,8 @@ class WakewordStream(StageStream):
         head = self.stage.heads[name]
         if o["threshold"] is None:                                      # neither set: the head's calibrated one
             o["threshold"] = head.threshold
+        if o["patience"] is None:
+            o["patience"] = head.patience
         warmup = head.warmup_steps           # see "Warm-up" above
         for j, score in enumerate(scores):
             step = first + j

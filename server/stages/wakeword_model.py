@@ -10,8 +10,8 @@ Two feature flavours exist in the wild: openWakeWord's original heads were train
 input (``oww``: samples x 32768), livekit-wakeword heads on [-1, 1] floats (``float``). A head's
 flavour is read from ``<head>.json`` (``{"features": "oww"|"float"}``) if present, else guessed:
 input named ``embeddings`` = livekit = ``float``, otherwise ``oww``. The same file may carry the head's
-calibrated operating point (``{"threshold": 0.6}``), the threshold a stream uses for that head unless it
-sets one (:data:`DEFAULT_THRESHOLD` for heads without one), and ``warmup_steps``: the first step it may be
+calibrated operating point (``{"threshold": 0.6, "patience": 2}``), the threshold and patience a stream
+uses for that head unless it sets them (:data:`DEFAULT_THRESHOLD` and 1 for heads without them), and ``warmup_steps``: the first step it may be
 scored at. Heads trained on the silent padding a stream starts with (``voxserve-wakeword train``: step 4,
 0.32 s) can fire from the start of a stream; heads without the key wait until all their N embeddings come
 from stream audio (step N + 9: 2.0 s for N = 16), as they were trained.
@@ -77,6 +77,7 @@ class Head:
     batchable: bool
     threshold: float = DEFAULT_THRESHOLD   # calibrated operating point (``threshold`` in <head>.json)
     warmup_steps: int = 0                  # first 80 ms step (1-based) the head is scored at; 0: n_embeddings + 9
+    patience: int = 1                      # calibrated consecutive steps to fire (``patience`` in <head>.json)
 
     def __post_init__(self) -> None:
         if not self.warmup_steps:
@@ -106,6 +107,7 @@ class Head:
         meta = path.with_suffix(".json")
         threshold = DEFAULT_THRESHOLD
         warmup = 0
+        patience = 1
         if meta.exists():
             try:
                 info = json.loads(meta.read_text())
@@ -115,6 +117,10 @@ class Head:
             name = name or info.get("name")
             threshold = info.get("threshold", threshold)
             warmup = info.get("warmup_steps", 0)
+            patience = info.get("patience", 1)
+            if isinstance(patience, bool) or not isinstance(patience, int) or not 1 <= patience <= 50:
+                raise HeadError(f"wakeword head {path}: {meta.name} patience must be a whole number of steps "
+                                f"in 1..50, got {patience!r}")
             if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup <= 10_000:
                 raise HeadError(f"wakeword head {path}: {meta.name} warmup_steps must be a whole number of 80 ms "
                                 f"steps, got {warmup!r}")
@@ -124,7 +130,8 @@ class Head:
         if flavour not in FLAVOURS:
             raise HeadError(f"wakeword head {path}: unknown features flavour {flavour!r} (use oww or float)")
         return cls(name or path.stem, path, engine, int(shape[1]), flavour, spec.name, out.name,
-                   batchable=shape[0] is None, threshold=float(threshold), warmup_steps=int(warmup))
+                   batchable=shape[0] is None, threshold=float(threshold), warmup_steps=int(warmup),
+                   patience=int(patience))
 
     def score(self, windows: np.ndarray) -> np.ndarray:
         """[n, N, 96] -> [n] scores (loops when the head has a fixed batch of 1)."""

@@ -260,7 +260,8 @@ def test_shipped_hey_jarvis_has_no_blind_start(default_ww_server):
 
 @pytest.fixture(scope="module")
 def calibrated_server(tmp_path_factory):
-    """A server whose hey_livekit head carries a calibrated threshold in its .json (0.999: never reached)."""
+    """A server whose hey_livekit head carries a calibrated threshold in its .json (0.999: never reached), and a
+    copy of it, hey_livekit_patient, calibrated at 0.5 with a patience of 50 steps (4 s: never reached)."""
     import json
     import shutil
 
@@ -268,6 +269,8 @@ def calibrated_server(tmp_path_factory):
     models = tmp_path_factory.mktemp("calibrated")
     shutil.copy(src, models / "hey_livekit.onnx")
     (models / "hey_livekit.json").write_text(json.dumps({"threshold": 0.999}))
+    shutil.copy(src, models / "hey_livekit_patient.onnx")
+    (models / "hey_livekit_patient.json").write_text(json.dumps({"threshold": 0.5, "patience": 50}))
     srv = start_server(tmp_path_factory.mktemp("ww2"), "--pipelines", "vad,wakeword", "--wakeword-models",
                        str(models), "--log-format", "text", "--max-frames-per-second", "1000", "--frame-burst", "5000")
     yield srv
@@ -283,6 +286,9 @@ def test_head_calibrated_threshold_is_the_default_and_stream_settings_win(calibr
     assert run({"threshold": 0.5}) == ["hey_livekit"]                         # the stream's explicit threshold
     assert run({"heads": {"hey_livekit": {"threshold": 0.5}}}) == ["hey_livekit"]
     assert run({"threshold": 0.5, "heads": {"hey_livekit": {"threshold": None}}}) == []   # null: the head's again
+    assert run({"heads": {"hey_livekit_patient": {"patience": 1}}}) == ["hey_livekit_patient"]  # its own 0.5
     info = calibrated_server.get_json("/v1/info")
     assert info["models"]["wakeword"]["hey_livekit"]["threshold"] == 0.999
+    assert info["models"]["wakeword"]["hey_livekit_patient"]["patience"] == 50
+    assert info["pipelines"]["wakeword"]["options"]["patience"]["default"] is None
     assert info["pipelines"]["wakeword"]["options"]["threshold"]["default"] is None

@@ -202,6 +202,24 @@ def test_head_json_names_the_step_it_may_fire_from(tmp_path):
             Head.load(onnx_path)
 
 
+def test_head_json_carries_its_calibrated_patience(tmp_path):
+    import json
+    import shutil
+
+    from voxserve.server.stages.wakeword import default_model_dir
+
+    onnx_path = tmp_path / "ww.onnx"
+    shutil.copy(default_model_dir() / "hey_jarvis.onnx", onnx_path)
+    assert Head.load(onnx_path).patience == 1
+    meta = tmp_path / "ww.json"
+    meta.write_text(json.dumps({"patience": 3}))
+    assert Head.load(onnx_path).patience == 3
+    for bad in (0, 51, 2.0, "2", True):
+        meta.write_text(json.dumps({"patience": bad}))
+        with pytest.raises(HeadError, match="patience"):
+            Head.load(onnx_path)
+
+
 def test_padded_windows_are_what_the_server_scores_at_the_start_of_a_stream():
     """Training's features and windows for early steps (silent padding + the first embeddings) equal the
     windows the server's front end builds for a new stream, step by step (needs no sample audio)."""
