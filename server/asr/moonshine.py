@@ -54,6 +54,12 @@ def _looping(tokens: list[int], max_period: int = 12) -> bool:
     return False
 
 
+def padded_length(n: int, bucket: int) -> int:
+    """The length ``n`` samples decode at with ``bucket_samples=bucket``: padded with silence to a multiple
+    of it (inputs under 0.1 s, which decode to nothing, are left as they are)."""
+    return n + (-n) % bucket if bucket > 0 and n >= 1600 else n
+
+
 @dataclass
 class Hypothesis:
     tokens: list[int]
@@ -97,7 +103,6 @@ class MoonshineModel:
                 enc = cached_derivative(enc, "q8conv", functools.partial(int8_matmuls, keep_float=("/conv3/",)))
                 step = q(cached_derivative(dec, "cache", functools.partial(if_branch, branch="then_branch")))
                 dec = q(cached_derivative(dec, "nocache", functools.partial(if_branch, branch="else_branch")))
-        self.int8 = int8
         self.encoder = create_engine(enc, kind, intra_op_threads=intra_op_threads, name="moonshine-encoder")
         self.decoder = create_engine(dec, kind, intra_op_threads=intra_op_threads, name="moonshine-decoder")
         # one-token steps with the KV cache: the same merged graph, or its with-cache branch when split
@@ -109,10 +114,6 @@ class MoonshineModel:
         self.tokenizer = Tokenizer.load(d / "tokenizer.bin")
         self._dec_inputs = [s.name for s in self.decoder.inputs]
         self._present = [s.name for s in self.decoder.outputs if s.name.startswith("present")]
-
-    def encode(self, audio: np.ndarray) -> np.ndarray:
-        """[B, N] float32 16 kHz -> [B, T, 416]."""
-        return self.encoder.infer({"input_values": audio.astype(np.float32)})["last_hidden_state"]
 
     def transcribe(self, audios: list[np.ndarray], bucket_samples: int = 0,
                    hints: list[list[int] | None] | None = None) -> list[Hypothesis]:
@@ -128,7 +129,7 @@ class MoonshineModel:
         so results never depend on what else was in the batch.
         """
         if bucket_samples > 0:
-            audios = [np.pad(a, (0, (-len(a)) % bucket_samples)) if len(a) >= 1600 else a for a in audios]
+            audios = [np.pad(a, (0, padded_length(len(a), bucket_samples) - len(a))) for a in audios]
         out: list[Hypothesis | None] = [None] * len(audios)
         groups: dict[int, list[int]] = {}
         for i, a in enumerate(audios):

@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 
+from ..asr.moonshine import padded_length
 from ..protocol.options import Option, PipelineSchema
 from ..scheduler import RUN_LATE, SKIP, BatchScheduler, StageFailed
 from ..session import latency
@@ -92,11 +93,6 @@ def asr_int8(settings) -> bool:
         return False
     import onnxruntime as ort
     return "CUDAExecutionProvider" not in ort.get_available_providers()
-
-
-def padded_length(n: int, bucket: int) -> int:
-    """The length ``n`` samples decode at (padded to a multiple of ``bucket``, as ``transcribe`` does)."""
-    return n + (-n) % bucket if n >= 1600 else n
 
 
 FINAL, INTERIM = 0, 1                # scheduler priorities
