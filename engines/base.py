@@ -112,32 +112,45 @@ def run_items(engine: Engine, items: Sequence[Mapping[str, np.ndarray]]) -> list
 
     Items whose arrays do not match the engine's input specs (missing name, wrong shape or dtype
     kind, non-finite floats) get an :class:`EngineError` in their slot and are left out of the
-    call, so one bad stream never corrupts or fails the others.
+    call, so one bad stream never corrupts or fails the others. Shapes are checked per item; finiteness
+    once per input over the stacked batch (this runs on every engine call of the stages).
     """
     results: list = [None] * len(items)
     good: list[int] = []
     for i, item in enumerate(items):
-        problem = _check_item(engine, item)
+        problem = _shape_problem(engine, item)
         if problem:
             results[i] = EngineError(problem)
         else:
             good.append(i)
-    if good:
-        feeds = {s.name: np.stack([np.asarray(items[i][s.name], dtype=s.dtype) for i in good]) for s in engine.inputs}
-        outs = engine.infer(feeds)
-        for j, i in enumerate(good):
-            results[i] = {k: v[j] for k, v in outs.items()}
+    if not good:
+        return results
+    feeds = {s.name: np.stack([np.asarray(items[i][s.name], dtype=s.dtype) for i in good]) for s in engine.inputs}
+    ok = np.ones(len(good), bool)
+    for s in engine.inputs:
+        if np.issubdtype(s.dtype, np.floating):
+            finite = np.isfinite(feeds[s.name].reshape(len(good), -1)).all(axis=1)
+            for j in np.flatnonzero(ok & ~finite):
+                results[good[j]] = EngineError(f"input {s.name!r} contains NaN or infinity")
+            ok &= finite
+    if not ok.all():
+        good = [i for i, keep in zip(good, ok) if keep]
+        feeds = {k: v[ok] for k, v in feeds.items()}
+        if not good:
+            return results
+    outs = engine.infer(feeds)
+    for j, i in enumerate(good):
+        results[i] = {k: v[j] for k, v in outs.items()}
     return results
 
 
-def _check_item(engine: Engine, item: Mapping[str, np.ndarray]) -> str | None:
+def _shape_problem(engine: Engine, item: Mapping[str, np.ndarray]) -> str | None:
     for s in engine.inputs:
         if s.name not in item:
             return f"input {s.name!r} missing"
-        x = np.asarray(item[s.name])
+        x = item[s.name]
+        shape = x.shape if isinstance(x, np.ndarray) else np.shape(x)
         want = s.shape[1:]
-        if x.ndim != len(want) or any(w is not None and w != d for w, d in zip(want, x.shape)):
-            return f"input {s.name!r} has shape {list(x.shape)}, expected {list(want)} (None = any)"
-        if np.issubdtype(s.dtype, np.floating) and not np.isfinite(x).all():
-            return f"input {s.name!r} contains NaN or infinity"
+        if shape != want and (len(shape) != len(want) or any(w is not None and w != d for w, d in zip(want, shape))):
+            return f"input {s.name!r} has shape {list(shape)}, expected {list(want)} (None = any)"
     return None
