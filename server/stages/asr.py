@@ -148,8 +148,9 @@ class AsrStage(Stage):
 
     def describe(self) -> dict:
         d = self.schema.describe()
-        d["models"] = {self.model.name: {"encoder": self.model.encoder.describe()["detail"],
-                                         "decoder": self.model.decoder.describe()["detail"]}}
+        enc = self.model.encoder.describe()
+        d["models"] = {self.model.name: {"encoder": enc["detail"], "decoder": self.model.decoder.describe()["detail"],
+                                         "precision": enc["precision"]}}
         return d
 
     def open(self, ctx: StreamContext, options: dict) -> "AsrStream":
