@@ -24,6 +24,10 @@ Reported per stream count:
 ``--baseline DIR`` also runs, before each level, a server made of the source checkout ``DIR`` (its
 ``server/ engines/ clients/ models/`` put on ``PYTHONPATH`` as ``voxserve.*`` ahead of the installed
 package; same dependencies), so before and after are measured in one run on the same machine.
+
+``--admission`` runs the server as users run it (admission on, where the other runs turn it off to measure
+the stage alone), warmed up first by two streams until admission has measured the pipeline's cost per
+stream: the figure then also says how many of the offered streams admission let in.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from common import SHARED, install_uvloop, percentiles, record, start_server  # 
 from textnorm import wer  # noqa: E402
 
 FRAME = 320                      # 20 ms at 16 kHz
+ASR_OPTIONS: dict = {}           # per-stream asr options every stream sends (--asr-option)
 TAIL_MS = 80                     # what the ASR stage adds after the last speech frame (server/stages/asr.py)
 
 
@@ -72,7 +77,10 @@ async def one(url, pcm, spans, seconds, delay, hangover_ms, out):
     sent = np.zeros(n + 1)
     finals, events = [], []
     async with websockets.connect(url, subprotocols=["voxserve.v1.msgpack"], compression=None, max_size=None) as ws:
-        await ws.send(msgpack.packb({"type": "start", "sample_rate": 16000, "pipelines": ["asr"]}))
+        start = {"type": "start", "sample_rate": 16000, "pipelines": ["asr"]}
+        if ASR_OPTIONS:
+            start["options"] = {"asr": dict(ASR_OPTIONS)}
+        await ws.send(msgpack.packb(start))
         if msgpack.unpackb(await ws.recv()).get("type") != "ready":
             out["refused"] += 1
             return
@@ -138,14 +146,47 @@ def baseline_env(checkout: str) -> dict:
     return {"PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def run_level(streams, seconds, gap_s, extra_args, sentences, refs, env=None):
-    proc, port = start_server(["--pipelines", "vad,asr", "--max-sessions", str(streams + 10), "--no-admission",
-                               *extra_args], env=env)
+def load_info(port) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/info", timeout=10) as r:
+        return json.loads(r.read())["load"]
+
+
+def new_out() -> dict:
+    return {"final_client_ms": [], "final_server_ms": [], "gaps_ms": [], "pairs": [], "errors": [], "budget": 0,
+            "refused": 0}
+
+
+def warm_up(url, port, sentences, refs) -> dict:
+    """Two real-time streams, repeated until admission has measured the ASR pipeline's cost (or 120 s);
+    then 3 s of quiet so the warm-up leaves the utilisation window. Returns the server's load report."""
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        lists = [playlist(sentences, refs, 7 * i + 1, 12.0, 1.0) for i in range(2)]
+
+        async def go():
+            await asyncio.gather(*[one(url, pcm, spans, 12.0, 0.5 * i, 300, new_out())
+                                   for i, (pcm, spans) in enumerate(lists)])
+        asyncio.run(go())
+        if load_info(port)["pipelines"].get("asr", {}).get("cost_per_stream"):
+            break
+    time.sleep(3.0)
+    return load_info(port)
+
+
+def run_level(streams, seconds, gap_s, extra_args, sentences, refs, env=None, admission=False):
+    """One server, ``streams`` streams. With ``admission`` the server runs as users run it (admission on)
+    and is warmed up first, so its measured cost per stream decides who is admitted; refusals are counted."""
+    proc, port = start_server(["--pipelines", "vad,asr", "--max-sessions", str(streams + 10),
+                               *([] if admission else ["--no-admission"]), *extra_args], env=env)
     sp = psutil.Process(proc.pid)
-    out = {"final_client_ms": [], "final_server_ms": [], "gaps_ms": [], "pairs": [], "errors": [], "budget": 0,
-           "refused": 0}
+    out = new_out()
+    before = {}
     try:
         url = f"ws://127.0.0.1:{port}/v1/stream"
+        if admission:
+            before = warm_up(url, port, sentences, refs)["pipelines"].get("asr", {})
         lists = [playlist(sentences, refs, 3 * i, seconds, gap_s) for i in range(streams)]
         c0, t0 = sp.cpu_times(), time.perf_counter()
 
@@ -165,7 +206,8 @@ def run_level(streams, seconds, gap_s, extra_args, sentences, refs, env=None):
             "interim_gap_ms": percentiles(gaps, (50, 95, 99)), "interim_gap_max_ms": round(max(gaps), 1) if gaps else None,
             "interims_over_600ms": round(sum(g > 600 for g in gaps) / max(1, len(gaps)), 4),
             "sentences": len(out["pairs"]), "wer": round(wer(out["pairs"]), 4), "budget_events": out["budget"],
-            "errors": len(out["errors"]), "refused": out["refused"]}
+            "errors": len(out["errors"]), "refused": out["refused"], "admission": admission,
+            "cost_per_stream": before.get("cost_per_stream"), "capacity_estimate": before.get("remaining_streams_estimate")}
 
 
 def main() -> int:
@@ -175,8 +217,15 @@ def main() -> int:
     ap.add_argument("--gap", type=float, default=1.0, help="silence after each sentence (s)")
     ap.add_argument("--server-arg", action="append", default=[])
     ap.add_argument("--baseline", help="a source checkout of older code, measured before each level")
+    ap.add_argument("--admission", action="store_true",
+                    help="run the server with admission on (as users do), warmed up first; refusals are reported")
+    ap.add_argument("--asr-option", action="append", default=[], metavar="KEY=INT",
+                    help="a per-stream asr option every stream sets, e.g. interim_max_interval_ms=400")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
+    for kv in args.asr_option:
+        key, _, value = kv.partition("=")
+        ASR_OPTIONS[key] = int(value)
     install_uvloop()
     rows = [r for r in csv.DictReader(open(SHARED / "eval" / "speech" / "manifest.tsv"), delimiter="\t")
             if "alphanumeric" not in r["path"]]
@@ -186,29 +235,34 @@ def main() -> int:
     env = baseline_env(args.baseline) if args.baseline else None
     for n in args.streams:
         for code, e in ((["baseline"], env), (["current"], None)) if env else ((["current"], None),):
-            r = run_level(n, args.seconds, args.gap, args.server_arg, sentences, refs, env=e)
+            r = run_level(n, args.seconds, args.gap, args.server_arg, sentences, refs, env=e, admission=args.admission)
             r["code"] = code[0]
             print(json.dumps(r), flush=True)
             results.append(r)
     if args.record:
         lines = ["| code | streams | server CPU (cores) | finals | final latency at client p50/p95/p99 ms | server p50/p95/p99 ms "
-                 "| interim gap p50/p95/max ms | interims > 600 ms | WER (sentences) | budget events | errors |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "| interim gap p50/p95/max ms | interims > 600 ms | WER (sentences) | budget events | errors | refused |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in results:
             fc, fs, g = r["final_client_ms"], r["final_server_ms"], r["interim_gap_ms"]
             lines.append(f"| {r['code']} | {r['streams']} | {r['server_cpu_cores']} | {r['finals']} | {fc['p50']} / {fc['p95']} / "
                          f"{fc['p99']} | {fs['p50']} / {fs['p95']} / {fs['p99']} | {g['p50']} / {g['p95']} / "
                          f"{r['interim_gap_max_ms']} | {r['interims_over_600ms'] * 100:.1f} % | {r['wer'] * 100:.1f} % "
-                         f"({r['sentences']}) | {r['budget_events']} | {r['errors']} |")
-        server = " ".join(args.server_arg)
+                         f"({r['sentences']}) | {r['budget_events']} | {r['errors']} | {r['refused']} |")
+        server = " ".join(args.server_arg + [f"stream option asr.{kv}" for kv in args.asr_option])
         if args.baseline:
             import subprocess
             rev = subprocess.run(["git", "-C", args.baseline, "rev-parse", "--short", "HEAD"], capture_output=True,
                                  text=True).stdout.strip() or "?"
             server = (server + " " if server else "") + f"(baseline = commit {rev})"
         cmd = (f"python bench/asr_load.py --streams {' '.join(map(str, args.streams))} --seconds {args.seconds:g}"
-               + "".join(f" --server-arg={a}" for a in args.server_arg)
+               + "".join(f" --server-arg={a}" for a in args.server_arg) + (" --admission" if args.admission else "")
+               + "".join(f" --asr-option {kv}" for kv in args.asr_option)
                + (f" --baseline {args.baseline}" if args.baseline else "") + " --record")
+        if args.admission:
+            server = (server + "; " if server else "") + "admission on, warmed up first: " + ", ".join(
+                f"{r['streams']} streams: measured cost {r['cost_per_stream']} engine-s per stream-s, capacity "
+                f"estimate {r['capacity_estimate']}" for r in results)
         record("ASR capacity: real-time streams, latency at the client", cmd,
                (f"Server: {server}.\n\n" if server else "") + "\n".join(lines))
     return 0

@@ -2,9 +2,13 @@
 
 Two measurements, both taken from the work the server actually did:
 - per engine scheduler, its **utilisation**: the fraction of the last 2 s its executor thread spent in
-  engine calls;
+  engine calls, counting only the work its stage could not shed under load (``required``: an ASR
+  interim sent more often than the sparsest cadence the stage falls back to, ``interim_max_interval_ms``,
+  counts for that share; everything else counts in full);
 - per pipeline, the **marginal cost of one real-time stream**: engine seconds per second of audio,
-  where a batch's time is shared among its requests by weight (an 80 ms wakeword step weighs 1).
+  where a batch's time is shared among its requests by weight (an 80 ms wakeword step weighs 1), again
+  the required part (so a lightly loaded server's eager interims do not make it refuse streams it holds
+  once the cadence has stretched).
 
 A new stream is refused (``server_busy``, close 1013) when either
 - for any pipeline it asks for, the utilisation of that pipeline's busiest scheduler, plus the cost of
@@ -29,6 +33,12 @@ from .protocol.errors import ErrorCode, ProtocolError
 TARGET_UTILISATION = 0.8
 MIN_SAMPLES = 20
 WINDOW_S = 2.0          # the utilisation window: streams admitted more recently are not in it yet
+
+
+def _util(scheduler: Any, required: bool) -> float:
+    if required and hasattr(scheduler, "required_utilisation"):
+        return scheduler.required_utilisation()
+    return scheduler.utilisation()
 
 
 class CostModel:
@@ -81,8 +91,10 @@ class Admission:
             return None
         return m.value
 
-    def utilisation(self, pipeline: str) -> float:
-        return max((s.utilisation() for s in self.schedulers.get(pipeline, [])), default=0.0)
+    def utilisation(self, pipeline: str, required: bool = False) -> float:
+        """The pipeline's busiest scheduler's utilisation; with ``required``, only the work its stage could
+        not shed under load (an ASR stream's interims beyond the sparsest cadence are not required)."""
+        return max((_util(s, required) for s in self.schedulers.get(pipeline, [])), default=0.0)
 
     def threads(self, pipeline: str) -> int:
         """Engine threads of the pipeline's busiest scheduler (its utilisation is a fraction of these)."""
@@ -91,10 +103,10 @@ class Admission:
             return 1
         return getattr(max(group, key=lambda s: s.utilisation()), "max_inflight", 1)
 
-    def machine_busy(self, local: bool = False) -> float:
+    def machine_busy(self, local: bool = False, required: bool = False) -> float:
         """Cores' worth of engine work: each scheduler's utilisation times its threads, summed, plus the
-        other worker processes' (unless ``local``)."""
-        own = sum(s.utilisation() * getattr(s, "max_inflight", 1) for group in self.schedulers.values()
+        other worker processes' (unless ``local``; they publish their required part)."""
+        own = sum(_util(s, required) * getattr(s, "max_inflight", 1) for group in self.schedulers.values()
                   for s in group)
         return own if local else own + self.external_busy()
 
@@ -116,7 +128,7 @@ class Admission:
             for p, cost in costs.items():
                 # in units of one thread of that scheduler: utilisation x threads = threads busy
                 threads = self.threads(p)
-                util = (self.utilisation(p) * threads + pending.get(p, 0.0)) / threads
+                util = (self.utilisation(p, required=True) * threads + pending.get(p, 0.0)) / threads
                 cost = cost / threads
                 if util + cost > TARGET_UTILISATION:
                     return ProtocolError(
@@ -124,7 +136,7 @@ class Admission:
                         f"measured capacity exhausted for {p}: engine utilisation {util:.2f} (streams just "
                         f"admitted included), one more stream adds ~{cost:.2f}, limit {TARGET_UTILISATION}. "
                         "Retry later or on another server")
-            busy = self.machine_busy() + sum(pending.values())
+            busy = self.machine_busy(required=True) + sum(pending.values())
             need = sum(costs.values())
             if costs and busy + need > TARGET_UTILISATION * self.cores:
                 return ProtocolError(
@@ -145,16 +157,17 @@ class Admission:
     def report(self, open_streams: int) -> dict:
         out: dict[str, Any] = {"streams": open_streams, "cores": self.cores, "admission": bool(self.settings.admission),
                                "target_utilisation": TARGET_UTILISATION, "machine_busy_cores":
-                               round(self.machine_busy(), 3), "pipelines": {}}
+                               round(self.machine_busy(), 3), "machine_required_cores":
+                               round(self.machine_busy(required=True), 3), "pipelines": {}}
         for p in sorted(set(self.costs) | set(self.schedulers)):
-            util = self.utilisation(p)
+            util = self.utilisation(p, required=True)
             cost = self.marginal(p)
-            entry: dict[str, Any] = {"utilisation": round(util, 3),
-                                     "cost_per_stream": None if cost is None else round(cost, 4)}
+            entry: dict[str, Any] = {"utilisation": round(self.utilisation(p), 3), "required_utilisation":
+                                     round(util, 3), "cost_per_stream": None if cost is None else round(cost, 4)}
             if cost:
                 threads = self.threads(p)
                 own = (TARGET_UTILISATION - util) * threads / cost
-                machine = (TARGET_UTILISATION * self.cores - self.machine_busy()) / cost
+                machine = (TARGET_UTILISATION * self.cores - self.machine_busy(required=True)) / cost
                 entry["remaining_streams_estimate"] = max(0, int(min(own, machine)))
             out["pipelines"][p] = entry
         return out

@@ -146,7 +146,8 @@ class VoxServer:
     def publish(self) -> None:
         """This worker's row of the shared table (whole-server limits read the sums)."""
         if self.table is not None:
-            self.table.write(self.session_count(local=True), self.admission.machine_busy(local=True))
+            # the engine load other workers' admission adds to their own: the part no stage could shed
+            self.table.write(self.session_count(local=True), self.admission.machine_busy(local=True, required=True))
 
     def expire_detached(self, sid: str, why: str) -> None:
         sess = self.detached.pop(sid, None)

@@ -66,6 +66,7 @@ class _Request:
     payload: Any = field(compare=False)
     policy: str = field(compare=False)
     weight: float = field(compare=False)
+    required: float = field(compare=False)
     enqueued: float = field(compare=False)
     future: asyncio.Future = field(compare=False)
 
@@ -95,7 +96,8 @@ class BatchScheduler:
         self._wake: asyncio.Future | None = None
         self._slots: asyncio.Semaphore | None = None
         self._inflight: set[asyncio.Task] = set()
-        self._busy: deque[tuple[float, float]] = deque()  # (end time, seconds busy) of recent batches
+        self._busy: deque[tuple[float, float, float]] = deque()  # recent batches: (end time, seconds busy,
+        #                                                          the required part of those seconds)
         self.batch_time_ewma: float | None = None      # seconds per batch call
         self.item_time_ewma: float | None = None       # seconds per item (batch time / size)
         self.batches = 0
@@ -125,15 +127,18 @@ class BatchScheduler:
 
     # -- submission ----------------------------------------------------------------------------------
     def submit(self, payload: Any, *, deadline: float, policy: str = RUN_LATE, weight: float = 1.0,
-               priority: int = 0) -> asyncio.Future:
+               priority: int = 0, required: float = 1.0) -> asyncio.Future:
         """Queue one request; the returned future resolves to an :class:`Outcome`. ``weight`` is the
         request's share of work relative to others (e.g. the number of wakeword steps it carries);
-        ``priority``: lower runs first whatever the deadlines (then earliest deadline first)."""
+        ``priority``: lower runs first whatever the deadlines (then earliest deadline first);
+        ``required`` (0..1): the part of this work the stage could not shed under load (an interim sent
+        more often than the sparsest cadence the stage falls back to counts for that share), which is
+        what :meth:`required_utilisation` reports to admission."""
         if self._task is None:
             self.start()
         fut = asyncio.get_running_loop().create_future()
         heapq.heappush(self._heap, _Request(priority, deadline, next(self._seq), payload, policy, weight,
-                                            self.clock(), fut))
+                                            min(1.0, max(0.0, required)), self.clock(), fut))
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
         return fut
@@ -236,8 +241,8 @@ class BatchScheduler:
                 self.runtime.release(compute or (self.clock() - start))
         self._observe(len(batch), compute)
         end = self.clock()
-        self._busy.append((end, compute))
         total_weight = sum(r.weight for r in batch) or 1.0
+        self._busy.append((end, compute, compute * sum(r.weight * r.required for r in batch) / total_weight))
         for r, res in zip(batch, results):
             if r.future.done():
                 continue
@@ -262,12 +267,17 @@ class BatchScheduler:
         if self.metrics is not None:
             self.metrics.engine_timeouts.labels(self.name).inc()
 
-    def utilisation(self, window_s: float = 2.0) -> float:
-        """Fraction of the last ``window_s`` seconds the executor spent in engine calls (per thread)."""
+    def utilisation(self, window_s: float = 2.0, required: bool = False) -> float:
+        """Fraction of the last ``window_s`` seconds the executor spent in engine calls (per thread); with
+        ``required``, only the part of that work the stages could not have shed (see ``submit``)."""
         now = self.clock()
         while self._busy and self._busy[0][0] < now - window_s:
             self._busy.popleft()
-        return min(1.0, sum(b for _, b in self._busy) / (window_s * self.max_inflight))
+        k = 2 if required else 1
+        return min(1.0, sum(b[k] for b in self._busy) / (window_s * self.max_inflight))
+
+    def required_utilisation(self, window_s: float = 2.0) -> float:
+        return self.utilisation(window_s, required=True)
 
     def _observe(self, size: int, compute: float) -> None:
         a = 0.1

@@ -8,7 +8,9 @@ Data path per stream: VAD ``speech_start`` opens a segment (with ``pre_roll_ms``
 
 Speculative finals: when the VAD has heard ``speculate_after_ms`` of silence inside a segment, the
 final decode of the segment up to that point starts at once; if the VAD then closes the segment at
-the same place, that result is the final, so the final arrives about one hangover earlier.
+the same place, that result is the final, so the final arrives about one hangover earlier. If speech
+goes on instead (a short pause inside running speech), that decode is shown as an interim of the
+segment up to the pause, not dropped.
 
 Stability: an interim's words that agreed with the previous interim become *stable* and are never
 retracted by later interims (``stable_text``); the rest is ``unstable_text``. The final is the
@@ -181,6 +183,7 @@ class _Segment:
         self.start = start
         self.end: int | None = None
         self.last_interim_end = start
+        self.shown_end = start                  # end of the latest interim shown (an older one is not shown)
         self.interim: asyncio.Future | None = None
         self.prev_words: list[str] = []
         self.stable: list[str] = []
@@ -285,6 +288,8 @@ class AsrStream(StageStream):
             return False
         silence = vad.position - vad.last_speech_end
         if silence < self.opts["speculate_after_ms"] * 16:
+            if seg.speculative is not None:
+                self._promote_speculative()
             return False
         spec_end = min(end, vad.last_speech_end + TAIL)
         if spec_end - seg.start < 1600:           # e.g. a split segment that holds no speech yet
@@ -301,21 +306,40 @@ class AsrStream(StageStream):
         seg.speculative = (spec_end, fut, self.ctx.clock())
         return True
 
+    def _promote_speculative(self) -> None:
+        """Speech went on after a pause: the final decode started in the pause is now an interim (it is
+        one: the segment up to the pause). Showing it instead of dropping it keeps interims coming through
+        the short pauses of running speech, where the cadence is suspended and queued interims cancelled."""
+        seg = self.seg
+        assert seg is not None and seg.speculative is not None
+        spec_end, fut, t0 = seg.speculative
+        seg.speculative = None
+        # for admission it counts as the interim it now is (see _interim)
+        required = min(1.0, max(0, spec_end - seg.last_interim_end) / (self.opts["interim_max_interval_ms"] * 16))
+        seg.last_interim_end = max(seg.last_interim_end, spec_end)
+        fut.add_done_callback(lambda f, s=seg, e=spec_end, t=t0, r=required: self._interim_done(s, e, t, f, r))
+
     def _interim(self, end: int) -> None:
         seg = self.seg
         assert seg is not None
+        # Under load the cadence stretches to one interim per interim_max_interval_ms, so the part of this
+        # interim's work the stage could not shed is the new audio it covers over that interval.
+        required = min(1.0, (end - seg.last_interim_end) / (self.opts["interim_max_interval_ms"] * 16))
         seg.last_interim_end = end
         audio = self.ctx.ring.read(seg.start, end)
         t = self.ctx.clock()
         fut = self.sched.submit((audio, seg.tokens), deadline=t + self.opts["budget_partial_ms"] / 1000.0, policy=SKIP,
-                                weight=len(audio) / 16000, priority=INTERIM)
+                                weight=len(audio) / 16000, priority=INTERIM, required=required)
         seg.interim = fut
-        fut.add_done_callback(lambda f, s=seg, e=end, t0=t: self._interim_done(s, e, t0, f))
+        fut.add_done_callback(lambda f, s=seg, e=end, t0=t, r=required: self._interim_done(s, e, t0, f, r))
 
-    def _interim_done(self, seg: _Segment, end: int, t0: float, fut: asyncio.Future) -> None:
-        seg.interim = None
+    def _interim_done(self, seg: _Segment, end: int, t0: float, fut: asyncio.Future, required: float = 1.0) -> None:
+        if seg.interim is fut:
+            seg.interim = None
         if self.closed or fut.cancelled() or seg is not self.seg or seg.end is not None:
             return
+        if end <= seg.shown_end:
+            return                  # a later interim of this segment is already shown: never step back
         try:
             out = fut.result()
         except StageFailed:
@@ -334,9 +358,11 @@ class AsrStream(StageStream):
                 self._interim(end_now)
             return
         m.stage_latency.labels("asr_partial").observe(now - t0)
+        seg.shown_end = end
         seg.tokens = list(out.value.tokens)
         seg.gap_s = 2.0 * (now - t0)
-        seg.work_s += out.compute_s * out.share
+        # admission's cost is what this stream takes at the sparsest cadence (finals count in full)
+        seg.work_s += out.compute_s * out.share * required
         words = out.value.text.split()
         norm = [_norm(w) for w in words]
         common = 0

@@ -46,6 +46,21 @@ def test_pipeline_refused_when_its_engine_would_pass_the_target():
     assert err is not None and err.code is ErrorCode.SERVER_BUSY and "asr" in err.message
 
 
+class SheddingScheduler(FakeScheduler):
+    """Busy 0.9 of the time, but only 0.5 of it work its stage could not shed (eager interims)."""
+
+    def required_utilisation(self) -> float:
+        return 0.5
+
+
+def test_work_a_stage_could_shed_does_not_refuse_streams():
+    adm, _ = admission(asr=[SheddingScheduler(0.9)])
+    measured(adm, "asr", 0.05)
+    assert adm.admit(object(), cfg("asr")) is None               # judged on 0.5 + 0.05, not 0.9
+    report = adm.report(1)["pipelines"]["asr"]
+    assert report["utilisation"] == 0.9 and report["required_utilisation"] == 0.5
+
+
 def test_streams_admitted_but_not_yet_measured_count():
     """Ten streams arriving at once: utilisation has not moved yet, but their costs are counted, so the
     burst stops at the target instead of all being admitted."""

@@ -38,6 +38,19 @@ async def test_requests_from_many_streams_share_one_call():
     await s.stop()
 
 
+async def test_required_utilisation_counts_only_the_work_that_could_not_be_shed():
+    rec = Recorder(delay=0.05)
+    s = BatchScheduler("t", rec, max_batch=8, max_wait_s=0.02)
+    far = time.perf_counter() + 10
+    await asyncio.gather(s.submit(1, deadline=far, weight=1.0, required=1.0),
+                         s.submit(2, deadline=far, weight=3.0, required=0.2))   # one batch of two
+    assert rec.batches == [[1, 2]]
+    full, required = s.utilisation(), s.required_utilisation()
+    assert full > 0
+    assert required == pytest.approx(full * (1.0 * 1.0 + 3.0 * 0.2) / 4.0)     # weighted by each share
+    await s.stop()
+
+
 async def test_max_batch_caps_and_earliest_deadline_first():
     rec = Recorder(delay=0.01)
     s = BatchScheduler("t", rec, max_batch=3, max_wait_s=0.02)

@@ -228,3 +228,63 @@ def test_interims_space_out_when_decodes_are_slow():
     assert quick and min(quick) >= 290 and np.median(quick) < 450, quick
     assert capped and min(capped) >= 490 and np.median(capped) < 560, capped   # 2 x 0.35 s, capped at 500
     assert slow and min(slow) >= 600, slow                # 2 x 0.35 s, less scheduling slack
+
+
+def test_admission_cost_is_taken_at_the_sparsest_interim_cadence():
+    """Admission's per-stream cost must not depend on how eagerly a lightly loaded server sends interims:
+    under load the cadence stretches to interim_max_interval_ms, so interims spaced closer count for their
+    share. With a fixed compute time per decode, interims every 250 ms and every 500 ms (the cap) must give
+    the same cost per second of speech, and both must exceed the final alone."""
+    from voxserve.server.admission import Admission
+
+    def cost(**opts):
+        async def go():
+            s, stage = asr_session(budget_partial_ms=5000, **opts)
+            stage.model = SlowModel(0.02)
+            adm = Admission(SimpleNamespace(admission=True, engine_workers=-1), Metrics(), cores=2)
+            stage.admission = adm
+            stage.schedulers["asr"].start()
+            for seed in range(2):                      # 4x real time: the cadence counts audio, not wall time
+                await feed(s, np.concatenate([voiced_signal(4.0, seed=seed), np.zeros(16000, np.float32)]),
+                           pause=0.005)
+            await s.finish()
+            await stage.stop()
+            return adm.costs["asr"]
+        return asyncio.run(go())
+
+    eager = cost(interim_interval_ms=250, interim_max_interval_ms=500)
+    capped = cost(interim_interval_ms=500, interim_max_interval_ms=500)
+    finals_only = cost(interims=False)
+    assert eager.samples == capped.samples == finals_only.samples > 0      # the same segments (same VAD)
+    assert finals_only.value < 0.6 * capped.value                  # interims are most of a stream's cost
+    assert 0.75 < eager.value / capped.value < 1.33, (eager.value, capped.value)
+
+
+def test_a_pause_inside_speech_shows_the_speculative_decode_as_an_interim():
+    """A 250 ms pause inside an utterance (longer than speculate_after_ms, shorter than the VAD's hangover):
+    the final decode started in the pause is shown as an interim of the segment up to the pause when speech
+    goes on, instead of being dropped (interims are suspended during the pause). Regular interims are set
+    too far apart (3 s) to produce one before the pause ends."""
+    def sustained(seconds):
+        t = np.arange(int(seconds * 16000)) / 16000
+        phase = 2 * np.pi * np.cumsum(140 * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))) / 16000
+        v = sum(np.sin(k * phase) / k for k in range(1, 20))
+        return (0.3 * v / np.abs(v).max()).astype(np.float32)
+
+    async def go():
+        s, stage = asr_session(interim_interval_ms=3000, interim_max_interval_ms=3000)
+        stage.schedulers["asr"].start()
+        x = np.concatenate([sustained(1.5), np.zeros(4000, np.float32), sustained(1.5),
+                            np.zeros(16000, np.float32)])
+        await feed(s, x, pause=0.004)
+        await s.finish()
+        await stage.stop()
+        return drain(s)
+    events = asyncio.run(go())
+    interims = [e for e in events if e["type"] == "transcript_interim"]
+    finals = [e for e in events if e["type"] == "transcript"]
+    assert len(finals) == 1 and finals[0]["end_ms"] > 3000           # one segment across the pause
+    early = [i for i in interims if i["end_ms"] < 2000]
+    assert early and all(1400 <= i["end_ms"] <= 1800 for i in early), [i["end_ms"] for i in interims]
+    ends = [i["end_ms"] for i in interims]
+    assert ends == sorted(ends)                                      # never an older interim after a newer
