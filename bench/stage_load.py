@@ -2,7 +2,8 @@
 
 Reports, per stream count: server CPU (cores), the stage's server-reported result latency
 (``latency.total_ms``: from the arrival of the audio that completed the work to the event) p50/p99,
-client-measured latency (event arrival minus the send time of the frame whose arrival produced it),
+client-measured latency (event arrival minus the send time of the frame whose arrival produced it; for
+VC audio the frame holding the end of the input it converts, so the figure includes the model's lookahead),
 budget events and errors. Load comes from this process; the server is a separate ``voxserve serve``.
 
     python bench/stage_load.py --pipeline vc --streams 20 50 --seconds 20 [--record]
@@ -10,6 +11,9 @@ budget events and errors. Load comes from this process; the server is a separate
 
 ``--mix`` runs streams of several pipelines at once against one server (every stage's models loaded) and
 reports each pipeline's row: the mixed-load check that every stage keeps its budget at the admitted count.
+With ``--admission`` the server runs as users run it (admission on; otherwise it is off to measure the
+stages alone), warmed up until every pipeline's cost is measured: offer more than fits, and the rows say
+how many streams of each pipeline admission let in and whether those kept their budgets.
 """
 
 from __future__ import annotations
@@ -55,7 +59,11 @@ async def one(url, pipeline, options, pcm, seconds, delay, out):
                 t = ev.get("type")
                 if t == want:
                     out["server_ms"].append(ev["latency"]["total_ms"])
-                    idx = min(max(0, (ev["stream_sample"] - 1) // FRAME), n)
+                    # the frame whose arrival produced it: for converted audio, the frame holding the end
+                    # of the audio it converts (so the figure includes VC's lookahead and any lag); for
+                    # other events, the newest frame the server had (``stream_sample``)
+                    pos = ev["end_sample"] if t == "audio" else ev["stream_sample"]
+                    idx = min(max(0, (pos - 1) // FRAME), n)
                     if sent[idx]:
                         out["client_ms"].append((time.perf_counter() - sent[idx]) * 1000)
                     if t == "audio" and not ev.get("converted", True):
@@ -103,26 +111,57 @@ def run_level(pipeline, options, streams, seconds, extra_args):
             "passthrough_blocks": out["passthrough"], "errors": len(out["errors"]), "refused": out["refused"]}
 
 
-def run_mix(mix: dict[str, int], options: dict, seconds: float, extra_args: list[str]) -> list[dict]:
-    """Streams of every pipeline in ``mix`` at once against one server; one row per pipeline."""
+def load_report(port: int) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/info", timeout=10) as r:
+        return json.loads(r.read())["load"]
+
+
+def warm_up_mix(url: str, port: int, mix: dict[str, int], pcm: bytes) -> dict:
+    """Two streams of each pipeline for 10 s, repeated until admission has measured every pipeline's cost
+    per stream (VAD has none: it runs on the event loop) or 120 s; then 3 s so the warm-up leaves the
+    utilisation window. Returns the server's load report."""
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        sink = {"client_ms": [], "server_ms": [], "errors": [], "budget": 0, "passthrough": 0, "refused": 0}
+
+        async def go():
+            await asyncio.gather(*[one(url, p, {}, pcm, 10.0, 0.5 * i, sink)
+                                   for p in mix if p != "vad" for i in range(2)])
+        asyncio.run(go())
+        costs = load_report(port)["pipelines"]
+        if all((costs.get(p) or {}).get("cost_per_stream") for p in mix if p != "vad"):
+            break
+    time.sleep(3.0)
+    return load_report(port)
+
+
+def run_mix(mix: dict[str, int], options: dict, seconds: float, extra_args: list[str],
+            admission: bool = False) -> list[dict]:
+    """Streams of every pipeline in ``mix`` at once against one server; one row per pipeline. With
+    ``admission`` the server runs as users run it (admission on) and is warmed up first, so the offered
+    mix meets a measured capacity: each row then says how many of its streams were refused."""
     x = speech_16k()
     pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
     total = sum(mix.values())
     pipes = ",".join(["vad"] + [p for p in mix if p != "vad"])
-    proc, port = start_server(["--pipelines", pipes, "--max-sessions", str(total + 10), "--no-admission", *extra_args])
+    proc, port = start_server(["--pipelines", pipes, "--max-sessions", str(total + 10),
+                               *([] if admission else ["--no-admission"]), *extra_args])
     sp = psutil.Process(proc.pid)
     outs = {p: {"client_ms": [], "server_ms": [], "errors": [], "budget": 0, "passthrough": 0, "refused": 0}
             for p in mix}
     try:
         url = f"ws://127.0.0.1:{port}/v1/stream"
+        if admission:
+            warm_up_mix(url, port, mix, pcm)
         c0, t0 = sp.cpu_times(), time.perf_counter()
 
         async def go():
-            jobs, k = [], 0
-            for p, n in mix.items():
-                for _ in range(n):
-                    jobs.append(one(url, p, options.get(p, {}), pcm, seconds, 3.0 * k / total, outs[p]))
-                    k += 1
+            # arrivals interleave the pipelines (round robin), so none always comes last to admission
+            order = [p for i in range(max(mix.values())) for p, n in mix.items() if i < n]
+            jobs = [one(url, p, options.get(p, {}), pcm, seconds, 3.0 * k / total, outs[p])
+                    for k, p in enumerate(order)]
             await asyncio.gather(*jobs)
         asyncio.run(go())
         c1, t1 = sp.cpu_times(), time.perf_counter()
@@ -140,12 +179,12 @@ def load_table(rows: list[dict], lead: list[str]) -> list[str]:
     """The RESULTS table of load rows: the ``lead`` columns, then the shared latency/budget columns."""
     head = " | ".join(lead)
     lines = [f"| {head} | server CPU (cores) | results | server latency p50/p99 ms | client latency p50/p99 ms | "
-             "budget events | passthrough blocks | errors |", "|---" * (len(lead) + 7) + "|"]
+             "budget events | passthrough blocks | errors | refused |", "|---" * (len(lead) + 8) + "|"]
     for r in rows:
         cells = " | ".join(str(r[k]) for k in lead)
         lines.append(f"| {cells} | {r['server_cpu_cores']} | {r['results']} | {r['server_ms']['p50']} / "
                      f"{r['server_ms']['p99']} | {r['client_ms']['p50']} / {r['client_ms']['p99']} | "
-                     f"{r['budget_events']} | {r['passthrough_blocks']} | {r['errors']} |")
+                     f"{r['budget_events']} | {r['passthrough_blocks']} | {r['errors']} | {r['refused']} |")
     return lines
 
 
@@ -158,16 +197,18 @@ def main():
     ap.add_argument("--server-arg", action="append", default=[])
     ap.add_argument("--record", action="store_true")
     ap.add_argument("--mix", default="", help="PIPELINE=N,... streams of several pipelines at once")
+    ap.add_argument("--admission", action="store_true",
+                    help="with --mix: admission on (as users run the server), warmed up first; refusals reported")
     args = ap.parse_args()
     install_uvloop()
     options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
     if args.mix:
         mix = {k: int(v) for k, v in (item.split("=") for item in args.mix.split(","))}
-        rows = run_mix(mix, {}, args.seconds, args.server_arg)
+        rows = run_mix(mix, {}, args.seconds, args.server_arg, admission=args.admission)
         print(json.dumps(rows, indent=2))
         if args.record:
             lines = load_table(rows, ["pipeline", "streams"])
-            extra = " ".join(f"--server-arg={a}" for a in args.server_arg)
+            extra = " ".join([f"--server-arg={a}" for a in args.server_arg] + (["--admission"] if args.admission else []))
             record("Mixed real-time load", f"python bench/stage_load.py --mix {args.mix} --seconds {args.seconds:g} "
                    f"{extra}".rstrip() + " --record", "\n".join(lines))
         return

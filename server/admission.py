@@ -6,7 +6,10 @@ Two measurements, both taken from the work the server actually did:
   interim sent more often than the sparsest cadence the stage falls back to, ``interim_max_interval_ms``,
   counts for that share; everything else counts in full);
 - per pipeline, the **marginal cost of one real-time stream**: engine seconds per second of audio,
-  where a batch's time is shared among its requests by weight (an 80 ms wakeword step weighs 1), again
+  where each request costs what one more like it adds at the current batching (the slope of the
+  scheduler's fit of batch time against batch weight, ``scheduler.BatchCostFit``; an 80 ms wakeword step
+  weighs 1), at most its share of its batch's time (a small batch's share carries the call's fixed
+  cost, which full batches spread over many streams), again
   the required part (so a lightly loaded server's eager interims do not make it refuse streams it holds
   once the cadence has stretched).
 
@@ -19,6 +22,14 @@ A new stream is refused (``server_busy``, close 1013) when either
   the machine's cores (four engine threads on two cores are not four cores).
 That is the point past which queues, and so budgets, stop being stable. A pipeline is judged only
 after 20 measurements; until then only the static ``max_sessions`` limit applies to it.
+
+The machine's load also counts this process's CPU outside engine calls (event loop: protocol, VAD,
+resampling), measured from its CPU time over the same window. And whatever the estimates say, a new stream
+that would use an engine is refused while the stages are missing their budgets (at least ``MISS_LIMIT``
+misses in the last ``MISS_WINDOW_S``: an ASR final late, a VC block late or passed through, a wakeword
+step late or coalesced; a skipped ASR interim is shedding by design and does not count): on a shared CPU
+one stage's load shows up as another's latency (ASR decodes starving the 16 ms VC blocks), which no cost
+model of the first stage sees.
 """
 
 from __future__ import annotations
@@ -33,6 +44,8 @@ from .protocol.errors import ErrorCode, ProtocolError
 TARGET_UTILISATION = 0.8
 MIN_SAMPLES = 20
 WINDOW_S = 2.0          # the utilisation window: streams admitted more recently are not in it yet
+MISS_WINDOW_S = 5.0     # budget misses this recent hold admission ...
+MISS_LIMIT = 5          # ... once there are this many (a one-off hiccup does not)
 
 
 def _util(scheduler: Any, required: bool) -> float:
@@ -69,6 +82,9 @@ class Admission:
         self.costs: dict[str, CostModel] = {}
         self.schedulers: dict[str, list] = {}          # pipeline -> its BatchSchedulers
         self.streams: dict[object, tuple[str, ...]] = {}
+        self._misses: deque[tuple[float, str]] = deque()   # (when, pipeline) of recent budget misses
+        self._cpu: deque[tuple[float, float]] = deque()    # (clock, process CPU seconds) samples
+        self.process_cpu: Callable[[], float] = time.process_time
         workers = int(getattr(settings, "engine_workers", -1) if settings is not None else -1)
         self.runtime = None                            # the machine's shared engine pool (server/runtime.py)
         if workers >= 0:
@@ -110,6 +126,33 @@ class Admission:
                   for s in group)
         return own if local else own + self.external_busy()
 
+    def missed(self, pipeline: str) -> None:
+        """A stage of ``pipeline`` missed its latency budget (see the module docstring for what counts)."""
+        self._misses.append((self.clock(), pipeline))
+
+    def recent_misses(self) -> dict[str, int]:
+        now = self.clock()
+        while self._misses and now - self._misses[0][0] > MISS_WINDOW_S:
+            self._misses.popleft()
+        out: dict[str, int] = {}
+        for _, p in self._misses:
+            out[p] = out.get(p, 0) + 1
+        return out
+
+    def sample_cpu(self) -> None:
+        """Record this process's CPU time (called at each admission and each publish of the load)."""
+        now = self.clock()
+        self._cpu.append((now, self.process_cpu()))
+        while len(self._cpu) > 2 and now - self._cpu[1][0] >= WINDOW_S:
+            self._cpu.popleft()
+
+    def loop_cores(self) -> float:
+        """Cores this process spent outside engine calls over the last window (its CPU minus engine busy)."""
+        if len(self._cpu) < 2 or self._cpu[-1][0] - self._cpu[0][0] < 0.5:
+            return 0.0
+        (t0, c0), (t1, c1) = self._cpu[0], self._cpu[-1]
+        return max(0.0, (c1 - c0) / (t1 - t0) - self.machine_busy(local=True))
+
     def unmeasured(self) -> dict[str, float]:
         """Per pipeline, the cost of streams admitted within the utilisation window (not in it yet)."""
         now = self.clock()
@@ -123,6 +166,14 @@ class Admission:
 
     def admit(self, handler: object, config: Any) -> ProtocolError | None:
         if self.settings.admission:
+            self.sample_cpu()
+            misses = self.recent_misses()
+            if sum(misses.values()) >= MISS_LIMIT and any(self.schedulers.get(p) for p in config.pipelines):
+                return ProtocolError(
+                    ErrorCode.SERVER_BUSY,
+                    f"the server's stages are missing their latency budgets ({sum(misses.values())} misses in "
+                    f"the last {MISS_WINDOW_S:g} s: " + ", ".join(f"{p} {n}" for p, n in sorted(misses.items()))
+                    + "). Retry later or on another server")
             costs = {p: c for p in config.pipelines if (c := self.marginal(p)) is not None}
             pending = self.unmeasured()
             for p, cost in costs.items():
@@ -136,7 +187,7 @@ class Admission:
                         f"measured capacity exhausted for {p}: engine utilisation {util:.2f} (streams just "
                         f"admitted included), one more stream adds ~{cost:.2f}, limit {TARGET_UTILISATION}. "
                         "Retry later or on another server")
-            busy = self.machine_busy(required=True) + sum(pending.values())
+            busy = self.machine_busy(required=True) + self.loop_cores() + sum(pending.values())
             need = sum(costs.values())
             if costs and busy + need > TARGET_UTILISATION * self.cores:
                 return ProtocolError(
@@ -158,7 +209,8 @@ class Admission:
         out: dict[str, Any] = {"streams": open_streams, "cores": self.cores, "admission": bool(self.settings.admission),
                                "target_utilisation": TARGET_UTILISATION, "machine_busy_cores":
                                round(self.machine_busy(), 3), "machine_required_cores":
-                               round(self.machine_busy(required=True), 3), "pipelines": {}}
+                               round(self.machine_busy(required=True), 3), "loop_cores": round(self.loop_cores(), 3),
+                               "recent_budget_misses": self.recent_misses(), "pipelines": {}}
         for p in sorted(set(self.costs) | set(self.schedulers)):
             util = self.utilisation(p, required=True)
             cost = self.marginal(p)
@@ -167,7 +219,8 @@ class Admission:
             if cost:
                 threads = self.threads(p)
                 own = (TARGET_UTILISATION - util) * threads / cost
-                machine = (TARGET_UTILISATION * self.cores - self.machine_busy(required=True)) / cost
+                machine = (TARGET_UTILISATION * self.cores - self.machine_busy(required=True)
+                           - self.loop_cores()) / cost
                 entry["remaining_streams_estimate"] = max(0, int(min(own, machine)))
             out["pipelines"][p] = entry
         return out

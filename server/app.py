@@ -145,6 +145,7 @@ class VoxServer:
 
     def publish(self) -> None:
         """This worker's row of the shared table (whole-server limits read the sums)."""
+        self.admission.sample_cpu()
         if self.table is not None:
             # the engine load other workers' admission adds to their own: the part no stage could shed
             self.table.write(self.session_count(local=True), self.admission.machine_busy(local=True, required=True))

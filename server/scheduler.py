@@ -31,6 +31,8 @@ import asyncio
 import heapq
 import itertools
 import logging
+import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +58,51 @@ class Outcome:
     late: bool = False        # finished after its deadline
     skipped: bool = False     # dropped by the skip policy (value is None)
     share: float = 0.0        # this request's weight / the batch's total weight
+    marginal_s: float = 0.0   # engine seconds one more request like this one costs at the current batching
+
+
+class BatchCostFit:
+    """A least-squares line through recent batches' engine time against their total weight,
+    ``seconds = fixed + per_weight x weight`` (exponential forgetting, ``forget`` per batch).
+
+    A request's share of its batch (time x weight / total weight) includes part of the batch's fixed cost,
+    so at low load, when batches are small, it overstates what one more stream would add once batches
+    fill; ``per_weight`` is that addition. It is None until ``min_batches`` have been seen with enough
+    spread in batch weight to tell a slope (all batches alike, e.g. one stream, give none), or when the
+    fitted slope is not positive."""
+
+    def __init__(self, forget: float = 0.99, min_batches: int = 20):
+        self.forget, self.min_batches = forget, min_batches
+        self.count = 0
+        self.n = self.sw = self.sww = self.st = self.swt = 0.0
+
+    def add(self, weight: float, seconds: float) -> None:
+        f = self.forget
+        self.count += 1
+        self.n = f * self.n + 1.0
+        self.sw = f * self.sw + weight
+        self.sww = f * self.sww + weight * weight
+        self.st = f * self.st + seconds
+        self.swt = f * self.swt + weight * seconds
+
+    def per_weight(self) -> float | None:
+        if self.count < self.min_batches:
+            return None
+        mw = self.sw / self.n
+        var = self.sww / self.n - mw * mw
+        if var <= (0.1 * mw) ** 2:
+            return None
+        slope = (self.swt / self.n - mw * self.st / self.n) / var
+        return slope if slope > 0 else None
+
+
+def marginal_cost(share_s: float, weight: float, per_weight: float | None) -> float:
+    """Engine seconds one more request of ``weight`` adds: the fitted slope x weight, but never more than
+    its measured share of a batch (``share_s``) nor less than a quarter of it (a noisy slope must not make
+    admission see streams as nearly free)."""
+    if per_weight is None:
+        return share_s
+    return max(0.25 * share_s, min(share_s, per_weight * weight))
 
 
 @dataclass(order=True)
@@ -75,10 +122,11 @@ class BatchScheduler:
     def __init__(self, name: str, run_batch: Callable[[list[Any]], Sequence[Any]], *, max_batch: int = 32,
                  max_wait_s: float = 0.002, max_inflight: int = 1, metrics: Any = None,
                  clock: Callable[[], float] = time.perf_counter, timeout_s: float | None = None,
-                 runtime: Any = None, batch_key: Callable[[Any], Any] | None = None):
+                 runtime: Any = None, batch_key: Callable[[Any], Any] | None = None, nice: int = 0):
         if max_batch < 1 or max_inflight < 1 or max_wait_s < 0:
             raise ValueError("max_batch and max_inflight must be >= 1, max_wait_s >= 0")
         self.name = name
+        self.nice = nice
         self.run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
@@ -91,17 +139,25 @@ class BatchScheduler:
         self.hung_calls = 0
         self._heap: list[_Request] = []
         self._seq = itertools.count()
-        self._executor = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix=f"engine-{name}")
+        self._executor = self._new_executor(f"engine-{name}")
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Future | None = None
         self._slots: asyncio.Semaphore | None = None
         self._inflight: set[asyncio.Task] = set()
         self._busy: deque[tuple[float, float, float]] = deque()  # recent batches: (end time, seconds busy,
         #                                                          the required part of those seconds)
+        self.cost_fit = BatchCostFit()                 # engine time against batch weight (admission)
         self.batch_time_ewma: float | None = None      # seconds per batch call
         self.item_time_ewma: float | None = None       # seconds per item (batch time / size)
         self.batches = 0
         self.items = 0
+
+    def _new_executor(self, prefix: str) -> ThreadPoolExecutor:
+        """This scheduler's engine threads; with ``nice`` > 0 they run at that lower OS priority (Linux
+        schedules threads, so a long ASR decode then yields a core to a 16 ms VC block that is due)."""
+        return ThreadPoolExecutor(max_workers=self.max_inflight, thread_name_prefix=prefix,
+                                  initializer=_lower_priority if self.nice > 0 else None,
+                                  initargs=(self.nice,) if self.nice > 0 else ())
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -243,14 +299,17 @@ class BatchScheduler:
         end = self.clock()
         total_weight = sum(r.weight for r in batch) or 1.0
         self._busy.append((end, compute, compute * sum(r.weight * r.required for r in batch) / total_weight))
+        self.cost_fit.add(total_weight, compute)
+        slope = self.cost_fit.per_weight()
         for r, res in zip(batch, results):
             if r.future.done():
                 continue
             if isinstance(res, Exception):
                 r.future.set_exception(res if isinstance(res, StageFailed) else StageFailed(repr(res)))
             else:
+                share = r.weight / total_weight
                 r.future.set_result(Outcome(res, start - r.enqueued, compute, len(batch), late=end > r.deadline,
-                                            share=r.weight / total_weight))
+                                            share=share, marginal_s=marginal_cost(compute * share, r.weight, slope)))
 
     def _abandon_executor(self) -> None:
         """The watchdog fired: leave the stuck thread to itself, run later batches on a new one."""
@@ -261,8 +320,7 @@ class BatchScheduler:
                 self.metrics.engine_timeouts.labels(self.name).inc()
             return
         stuck = self._executor
-        self._executor = ThreadPoolExecutor(max_workers=self.max_inflight,
-                                            thread_name_prefix=f"engine-{self.name}-{self.hung_calls}")
+        self._executor = self._new_executor(f"engine-{self.name}-{self.hung_calls}")
         stuck.shutdown(wait=False, cancel_futures=True)
         if self.metrics is not None:
             self.metrics.engine_timeouts.labels(self.name).inc()
@@ -289,6 +347,15 @@ class BatchScheduler:
         if self.metrics is not None:
             self.metrics.batch_size.labels(self.name).observe(size)
             self.metrics.engine_seconds.labels(self.name).observe(compute)
+
+
+def _lower_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (Linux: per thread; elsewhere a no-op)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError):
+        pass
 
 
 def _resolve(fut: asyncio.Future) -> None:

@@ -42,6 +42,9 @@ class Settings:
                                                                 "MatMuls, CPU only; same transcripts on ../shared, "
                                                                 "0.56x the time), fp32, or auto (int8 when the engine "
                                                                 "is the CPU)"})
+    asr_nice: int = field(default=10, metadata={"doc": "OS priority (nice, 0-19) added to the ASR engine threads "
+                                                       "(Linux): long, elastic ASR decodes yield a core to VC and "
+                                                       "wakeword work that is due; 0: the same priority"})
     intra_op_threads: int = field(default=1, metadata={"doc": "ONNX Runtime threads per engine call"})
     max_batch: int = field(default=32, metadata={"doc": "largest batch per engine call"})
     max_wait_ms: float = field(default=2.0, metadata={"doc": "time the batcher waits for more requests"})
@@ -122,6 +125,8 @@ class Settings:
             problems.append("max_wait_ms and drain_timeout_s must be >= 0")
         if not (self.workers == "auto" or (self.workers.isdigit() and int(self.workers) >= 1)):
             problems.append("workers must be a number >= 1 or auto")
+        if not (0 <= self.asr_nice <= 19):
+            problems.append(f"asr_nice {self.asr_nice} outside 0..19")
         if self.engine_workers < -1:
             problems.append("engine_workers must be -1 (per model), 0 (one per core) or a thread count")
         if self.engine_timeout_s <= 0:

@@ -120,12 +120,15 @@ class AsrStage(Stage):
         self.bucket = GPU_BUCKET if on_gpu else BUCKET
         # A batch holds only segments of one padded length (they share every engine call); finals
         # (priority 0) go before interims (1), so a final waits for at most the calls already running.
+        # Its threads run at a lower OS priority (asr_nice): on a shared CPU a decode of 100-300 ms would
+        # otherwise hold a core while 16 ms VC blocks wait (measured: RESULTS, "Mixed load: ASR priority").
         self.schedulers = {"asr": BatchScheduler("asr", run, max_batch=settings.max_batch,
                                                  max_inflight=4 if on_gpu else 2,
                                                  max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics,
                                                  timeout_s=settings.engine_timeout_s,
                                                  runtime=getattr(admission, "runtime", None),
-                                                 batch_key=self._batch_key)}
+                                                 batch_key=self._batch_key,
+                                                 nice=int(getattr(settings, "asr_nice", 0)))}
 
     def _run(self, items: list):
         """Items: 16 kHz audio, or (audio, hint tokens) where the hint is the segment's previous hypothesis
@@ -362,7 +365,7 @@ class AsrStream(StageStream):
         seg.tokens = list(out.value.tokens)
         seg.gap_s = 2.0 * (now - t0)
         # admission's cost is what this stream takes at the sparsest cadence (finals count in full)
-        seg.work_s += out.compute_s * out.share * required
+        seg.work_s += out.marginal_s * required
         words = out.value.text.split()
         norm = [_norm(w) for w in words]
         common = 0
@@ -447,11 +450,13 @@ class AsrStream(StageStream):
         m.stage_latency.labels("asr_final").observe(now - t0)
         if self.stage.admission is not None:
             # a stream's cost is its interims' and its final's engine time per second of its speech
-            self.stage.admission.cost_model("asr").observe(seg.work_s + out.compute_s * out.share,
+            self.stage.admission.cost_model("asr").observe(seg.work_s + out.marginal_s,
                                                            max(0.1, (end - seg.start) / 16000))
         budget = self.opts["budget_final_ms"] / 1000.0
         if now - t0 > budget:
             m.budget_violations.labels("asr_final", "late").inc()
+            if self.stage.admission is not None:
+                self.stage.admission.missed("asr")
             self.ctx.emit({"type": "budget", "stage": "asr_final", "budget_ms": self.opts["budget_final_ms"],
                            "observed_ms": round((now - t0) * 1000, 1), "action": "late"}, True)
         if not out.value.text:

@@ -210,6 +210,8 @@ class VcStream(StageStream):
     def _report_late(self, arrival: float) -> None:
         now = self.ctx.clock()
         self.stage.metrics.budget_violations.labels("vc", "late").inc()
+        if self.stage.admission is not None:
+            self.stage.admission.missed("vc")
         if now - self.last_budget_event > 1.0:
             self.last_budget_event = now
             self.ctx.emit({"type": "budget", "stage": "vc", "budget_ms": self.opts["budget_ms"],
@@ -224,6 +226,8 @@ class VcStream(StageStream):
         now = self.ctx.clock()
         m = self.stage.metrics
         m.budget_violations.labels("vc", "passthrough").inc()
+        if self.stage.admission is not None:
+            self.stage.admission.missed("vc")
         if now - self.last_budget_event > 1.0:
             self.last_budget_event = now
             self.ctx.emit({"type": "budget", "stage": "vc", "budget_ms": self.opts["budget_ms"],
@@ -250,7 +254,7 @@ class VcStream(StageStream):
         now = self.ctx.clock()
         self.stage.metrics.stage_latency.labels("vc").observe(now - arrival)
         if self.stage.admission is not None and out.batch_size:
-            self.stage.admission.cost_model("vc").observe(out.compute_s * out.share, BLOCK / 16000)
+            self.stage.admission.cost_model("vc").observe(out.marginal_s, BLOCK / 16000)
         self._emit(res["audio"], converted=True, queue_s=out.queue_s, compute_s=out.compute_s, total_s=now - arrival)
         self._schedule()
 

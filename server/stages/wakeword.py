@@ -309,7 +309,7 @@ class WakewordStream(StageStream):
         m.stage_latency.labels("wakeword").observe(now - arrival_last)
         m.stage_queue.labels("wakeword").observe(outcome.queue_s)
         if self.stage.admission is not None and outcome.batch_size:
-            self.stage.admission.cost_model("wakeword").observe(outcome.compute_s * outcome.share, k * 0.08)
+            self.stage.admission.cost_model("wakeword").observe(outcome.marginal_s, k * 0.08)
         for name, scores in res.scores.items():
             self._detect(name, first, scores, outcome, arrival_last, now)
         budget = self.opts["budget_ms"] / 1000.0
@@ -317,6 +317,8 @@ class WakewordStream(StageStream):
             behind = self.ready - st.computed
             action = "coalesce" if behind > 1 else "late"
             m.budget_violations.labels("wakeword", action).inc()
+            if self.stage.admission is not None:
+                self.stage.admission.missed("wakeword")
             if now - self.last_budget_event > 1.0:
                 self.last_budget_event = now
                 self.ctx.emit({"type": "budget", "stage": "wakeword", "budget_ms": round(budget * 1000, 1),

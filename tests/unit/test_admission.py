@@ -100,3 +100,41 @@ def test_a_stream_that_already_ended_adds_no_pending_load():
         assert adm.admit(h, cfg("asr")) is None
         adm.release(h)
     assert adm.unmeasured() == {}
+
+
+def test_missed_budgets_hold_admission_until_they_stop():
+    """A stage missing its budgets (e.g. VC blocks starved by ASR decodes on a shared CPU) holds every new
+    engine stream, whatever the cost estimates say; a stream with no engine (VAD only) still gets in; the
+    hold ends once the misses are older than the window. A one-off miss does not hold."""
+    from voxserve.server.admission import MISS_LIMIT, MISS_WINDOW_S
+
+    adm, clock = admission(asr=[FakeScheduler(0.0)], vc=[FakeScheduler(0.0)])
+    measured(adm, "asr", 0.01)
+    adm.missed("vc")
+    assert adm.admit(object(), cfg("asr")) is None
+    for _ in range(MISS_LIMIT - 1):
+        adm.missed("vc")
+    err = adm.admit(object(), cfg("vad", "asr"))
+    assert err is not None and err.code is ErrorCode.SERVER_BUSY and "vc 5" in err.message
+    assert adm.admit(object(), cfg("vad")) is None
+    assert adm.report(0)["recent_budget_misses"] == {"vc": MISS_LIMIT}
+    clock[0] += MISS_WINDOW_S + 0.1
+    assert adm.admit(object(), cfg("asr")) is None
+
+
+def test_the_event_loops_cpu_counts_toward_the_machine():
+    """CPU this process spends outside engine calls (protocol, VAD) is machine load too."""
+    adm, clock = admission(cores=2.0, asr=[FakeScheduler(0.2, threads=2)])     # 0.4 cores in engine calls
+    cpu = [0.0]
+    adm.process_cpu = lambda: cpu[0]
+    measured(adm, "asr", 0.1)
+    adm.sample_cpu()
+    clock[0] += 1.0
+    cpu[0] += 1.4                                                   # 1.4 cores busy over that second
+    adm.sample_cpu()
+    assert abs(adm.loop_cores() - 1.0) < 1e-9                       # 1.4 - 0.4 in engines
+    assert adm.admit(object(), cfg("asr")) is None                  # 0.4 + 1.0 + 0.1 = 1.5 <= 0.8 x 2
+    clock[0] += 0.1
+    cpu[0] += 0.3                                                   # 1.7 s of CPU in 1.1 s
+    err = adm.admit(object(), cfg("asr"))                           # 0.4 + 1.15 + 0.1 pending + 0.1 > 1.6
+    assert err is not None and "machine" in err.message

@@ -1,12 +1,13 @@
 """The cross-stream batcher with a deterministic fake engine (a test double; real engines are in tests/contract)."""
 
 import asyncio
+import os
 import threading
 import time
 
 import pytest
 
-from voxserve.server.scheduler import RUN_LATE, SKIP, BatchScheduler, StageFailed
+from voxserve.server.scheduler import RUN_LATE, SKIP, BatchCostFit, BatchScheduler, StageFailed, marginal_cost
 
 
 class Recorder:
@@ -49,6 +50,39 @@ async def test_required_utilisation_counts_only_the_work_that_could_not_be_shed(
     assert full > 0
     assert required == pytest.approx(full * (1.0 * 1.0 + 3.0 * 0.2) / 4.0)     # weighted by each share
     await s.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread nice needs Linux's setpriority")
+async def test_nice_lowers_the_engine_threads_priority_only():
+    def niceness(items):
+        return [os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) for _ in items]
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    low = BatchScheduler("low", niceness, nice=5)
+    normal = BatchScheduler("normal", niceness)
+    far = time.perf_counter() + 10
+    assert (await low.submit(1, deadline=far)).value == min(19, base + 5)
+    assert (await normal.submit(1, deadline=far)).value == base
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base     # the event loop's thread
+    await low.stop()
+    await normal.stop()
+
+
+def test_cost_fit_tells_the_per_request_cost_from_the_fixed_cost_of_a_call():
+    fit = BatchCostFit(min_batches=20)
+    for i in range(19):
+        fit.add(1 + i % 8, 0.004 + 0.001 * (1 + i % 8))      # 4 ms per call + 1 ms per request
+    assert fit.per_weight() is None                           # too few batches yet
+    fit.add(3, 0.007)
+    assert fit.per_weight() == pytest.approx(0.001)
+    one_size = BatchCostFit(min_batches=5)
+    for _ in range(30):
+        one_size.add(1, 0.005)
+    assert one_size.per_weight() is None                      # every batch alike: no slope to tell
+    # a request alone in its batch pays the call's fixed cost; one more stream at full batches adds the slope
+    assert marginal_cost(0.005, 1, 0.001) == pytest.approx(0.00125)     # a quarter of its share at least
+    assert marginal_cost(0.0015, 1, 0.001) == pytest.approx(0.001)
+    assert marginal_cost(0.0008, 1, 0.001) == pytest.approx(0.0008)     # never more than its share
+    assert marginal_cost(0.005, 1, None) == 0.005                       # no fit: its share
 
 
 async def test_max_batch_caps_and_earliest_deadline_first():

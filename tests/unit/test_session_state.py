@@ -233,14 +233,22 @@ def test_interims_space_out_when_decodes_are_slow():
 def test_admission_cost_is_taken_at_the_sparsest_interim_cadence():
     """Admission's per-stream cost must not depend on how eagerly a lightly loaded server sends interims:
     under load the cadence stretches to interim_max_interval_ms, so interims spaced closer count for their
-    share. With a fixed compute time per decode, interims every 250 ms and every 500 ms (the cap) must give
-    the same cost per second of speech, and both must exceed the final alone."""
+    share. With compute proportional to the audio decoded (no fixed cost per call, so the scheduler's
+    fitted marginal cost equals each request's share whether or not it has a fit yet), interims every
+    250 ms and every 500 ms (the cap) must give about the same cost per second of speech, and both must
+    exceed the final alone."""
     from voxserve.server.admission import Admission
+
+    class ProportionalModel(FakeModel):
+        def transcribe(self, items, bucket_samples=0, hints=None):
+            import time
+            time.sleep(0.006 * sum(len(x) for x in items) / 16000)
+            return super().transcribe(items, bucket_samples, hints)
 
     def cost(**opts):
         async def go():
             s, stage = asr_session(budget_partial_ms=5000, **opts)
-            stage.model = SlowModel(0.02)
+            stage.model = ProportionalModel()
             adm = Admission(SimpleNamespace(admission=True, engine_workers=-1), Metrics(), cores=2)
             stage.admission = adm
             stage.schedulers["asr"].start()
