@@ -24,7 +24,8 @@ That is the point past which queues, and so budgets, stop being stable. A pipeli
 after 20 measurements; until then only the static ``max_sessions`` limit applies to it.
 
 The machine's load also counts this process's CPU outside engine calls (event loop: protocol, VAD,
-resampling), measured from its CPU time over the same window. And whatever the estimates say, a new stream
+resampling), measured from its CPU time over the same window, and the CPU the machine's other processes
+used (``/proc/stat`` less this process: a load generator or another service on the same box). And whatever the estimates say, a new stream
 that would use an engine is refused while the stages are missing their budgets (at least ``MISS_LIMIT``
 misses in the last ``MISS_WINDOW_S``: an ASR final late, a VC block late or passed through, a wakeword
 step late or coalesced; a skipped ASR interim is shedding by design and does not count): on a shared CPU
@@ -46,6 +47,18 @@ MIN_SAMPLES = 20
 WINDOW_S = 2.0          # the utilisation window: streams admitted more recently are not in it yet
 MISS_WINDOW_S = 5.0     # budget misses this recent hold admission ...
 MISS_LIMIT = 5          # ... once there are this many (a one-off hiccup does not)
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds every process on the machine has used (Linux /proc/stat: all but idle and iowait),
+    or None where that is not available."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()[1:]
+        ticks = [int(x) for x in fields[:8]]
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _util(scheduler: Any, required: bool) -> float:
@@ -85,6 +98,7 @@ class Admission:
         self._misses: deque[tuple[float, str]] = deque()   # (when, pipeline) of recent budget misses
         self._cpu: deque[tuple[float, float]] = deque()    # (clock, process CPU seconds) samples
         self.process_cpu: Callable[[], float] = time.process_time
+        self.machine_cpu: Callable[[], float | None] = _machine_busy_seconds   # all processes (None: unknown)
         workers = int(getattr(settings, "engine_workers", -1) if settings is not None else -1)
         self.runtime = None                            # the machine's shared engine pool (server/runtime.py)
         if workers >= 0:
@@ -142,7 +156,7 @@ class Admission:
     def sample_cpu(self) -> None:
         """Record this process's CPU time (called at each admission and each publish of the load)."""
         now = self.clock()
-        self._cpu.append((now, self.process_cpu()))
+        self._cpu.append((now, self.process_cpu(), self.machine_cpu()))
         while len(self._cpu) > 2 and now - self._cpu[1][0] >= WINDOW_S:
             self._cpu.popleft()
 
@@ -150,8 +164,19 @@ class Admission:
         """Cores this process spent outside engine calls over the last window (its CPU minus engine busy)."""
         if len(self._cpu) < 2 or self._cpu[-1][0] - self._cpu[0][0] < 0.5:
             return 0.0
-        (t0, c0), (t1, c1) = self._cpu[0], self._cpu[-1]
+        (t0, c0, _), (t1, c1, _) = self._cpu[0], self._cpu[-1]
         return max(0.0, (c1 - c0) / (t1 - t0) - self.machine_busy(local=True))
+
+    def other_cores(self) -> float:
+        """Cores the machine's other processes used over the last window (all CPU time minus this process's,
+        less what the other voxserve workers publish, which ``external_busy`` already counts): a load
+        generator, another service or a build on the same box takes cores the stages then lack."""
+        if len(self._cpu) < 2 or self._cpu[-1][0] - self._cpu[0][0] < 0.5:
+            return 0.0
+        (t0, c0, m0), (t1, c1, m1) = self._cpu[0], self._cpu[-1]
+        if m0 is None or m1 is None:
+            return 0.0
+        return max(0.0, ((m1 - m0) - (c1 - c0)) / (t1 - t0) - self.external_busy())
 
     def unmeasured(self) -> dict[str, float]:
         """Per pipeline, the cost of streams admitted within the utilisation window (not in it yet)."""
@@ -187,7 +212,8 @@ class Admission:
                         f"measured capacity exhausted for {p}: engine utilisation {util:.2f} (streams just "
                         f"admitted included), one more stream adds ~{cost:.2f}, limit {TARGET_UTILISATION}. "
                         "Retry later or on another server")
-            busy = self.machine_busy(required=True) + self.loop_cores() + sum(pending.values())
+            busy = (self.machine_busy(required=True) + self.loop_cores() + self.other_cores()
+                    + sum(pending.values()))
             need = sum(costs.values())
             if costs and busy + need > TARGET_UTILISATION * self.cores:
                 return ProtocolError(
@@ -210,6 +236,7 @@ class Admission:
                                "target_utilisation": TARGET_UTILISATION, "machine_busy_cores":
                                round(self.machine_busy(), 3), "machine_required_cores":
                                round(self.machine_busy(required=True), 3), "loop_cores": round(self.loop_cores(), 3),
+                               "other_processes_cores": round(self.other_cores(), 3),
                                "recent_budget_misses": self.recent_misses(), "pipelines": {}}
         for p in sorted(set(self.costs) | set(self.schedulers)):
             util = self.utilisation(p, required=True)
@@ -220,7 +247,7 @@ class Admission:
                 threads = self.threads(p)
                 own = (TARGET_UTILISATION - util) * threads / cost
                 machine = (TARGET_UTILISATION * self.cores - self.machine_busy(required=True)
-                           - self.loop_cores()) / cost
+                           - self.loop_cores() - self.other_cores()) / cost
                 entry["remaining_streams_estimate"] = max(0, int(min(own, machine)))
             out["pipelines"][p] = entry
         return out

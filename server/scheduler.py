@@ -152,6 +152,14 @@ class BatchScheduler:
         self.batches = 0
         self.items = 0
 
+    def withdraw(self, fut: asyncio.Future) -> bool:
+        """Cancel the request behind ``fut`` if it is still queued (True); one already in an engine call
+        is left to finish, so its result is not thrown away (False)."""
+        if fut.done() or not any(r.future is fut for r in self._heap):
+            return False
+        fut.cancel()             # the loop drops cancelled requests when it pops them
+        return True
+
     def _new_executor(self, prefix: str) -> ThreadPoolExecutor:
         """This scheduler's engine threads; with ``nice`` > 0 they run at that lower OS priority (Linux
         schedules threads, so a long ASR decode then yields a core to a 16 ms VC block that is due)."""

@@ -302,7 +302,8 @@ class AsrStream(StageStream):
                 return True
             seg.speculative[1].cancel()          # superseded (speech went on): drop it if still queued
         if seg.interim is not None:
-            seg.interim.cancel()                 # a queued interim would only delay the final
+            # a queued interim would only delay the final; one already running is shown when it is done
+            self.sched.withdraw(seg.interim)
         audio = self.ctx.ring.read(seg.start, spec_end)
         fut = self.sched.submit((audio, seg.tokens), deadline=self.ctx.clock() + self.opts["budget_final_ms"] / 1000.0,
                                 policy=RUN_LATE, weight=len(audio) / 16000, priority=FINAL)

@@ -127,6 +127,7 @@ def test_the_event_loops_cpu_counts_toward_the_machine():
     adm, clock = admission(cores=2.0, asr=[FakeScheduler(0.2, threads=2)])     # 0.4 cores in engine calls
     cpu = [0.0]
     adm.process_cpu = lambda: cpu[0]
+    adm.machine_cpu = lambda: None                                  # other processes: not known here
     measured(adm, "asr", 0.1)
     adm.sample_cpu()
     clock[0] += 1.0
@@ -138,3 +139,20 @@ def test_the_event_loops_cpu_counts_toward_the_machine():
     cpu[0] += 0.3                                                   # 1.7 s of CPU in 1.1 s
     err = adm.admit(object(), cfg("asr"))                           # 0.4 + 1.15 + 0.1 pending + 0.1 > 1.6
     assert err is not None and "machine" in err.message
+
+
+def test_other_processes_on_the_machine_count():
+    """A load generator or another service on the box takes cores the stages then lack."""
+    adm, clock = admission(cores=2.0, asr=[FakeScheduler(0.0)])
+    own, machine = [0.0], [0.0]
+    adm.process_cpu, adm.machine_cpu = (lambda: own[0]), (lambda: machine[0])
+    measured(adm, "asr", 0.1)
+    adm.sample_cpu()
+    clock[0] += 1.0
+    own[0] += 0.2
+    machine[0] += 1.0                                               # 0.8 cores of other processes
+    adm.sample_cpu()
+    assert abs(adm.other_cores() - 0.8) < 1e-9
+    assert adm.report(0)["other_processes_cores"] == 0.8
+    admitted = sum(adm.admit(object(), cfg("asr")) is None for _ in range(10))
+    assert admitted == 6                                            # 0.2 loop + 0.8 others + 6 x 0.1 = 1.6

@@ -67,6 +67,21 @@ async def test_nice_lowers_the_engine_threads_priority_only():
     await normal.stop()
 
 
+async def test_withdraw_cancels_only_queued_work():
+    rec = Recorder(delay=0.1)
+    s = BatchScheduler("t", rec, max_batch=1, max_wait_s=0.0)
+    far = time.perf_counter() + 10
+    running = s.submit(1, deadline=far)
+    await asyncio.sleep(0.03)                                  # now in its engine call
+    queued = s.submit(2, deadline=far)
+    assert s.withdraw(running) is False and s.withdraw(queued) is True
+    assert (await running).value == 10                         # its result is not thrown away
+    assert queued.cancelled()
+    await asyncio.sleep(0.15)
+    assert rec.batches == [[1]]                                # the withdrawn one never ran
+    await s.stop()
+
+
 def test_cost_fit_tells_the_per_request_cost_from_the_fixed_cost_of_a_call():
     fit = BatchCostFit(min_batches=20)
     for i in range(19):
