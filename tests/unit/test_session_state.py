@@ -194,6 +194,15 @@ def test_asr_after_wakeword_without_a_wake_word_says_nothing():
     assert asyncio.run(go()) == []
 
 
+def sustained_voice(seconds: float) -> np.ndarray:
+    """One continuous voiced sound (140 Hz harmonics, slight vibrato) that the VAD hears as speech
+    throughout: no pauses of its own, unlike ``voiced_signal``."""
+    t = np.arange(int(seconds * 16000)) / 16000
+    phase = 2 * np.pi * np.cumsum(140 * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))) / 16000
+    v = sum(np.sin(k * phase) / k for k in range(1, 20))
+    return (0.3 * v / np.abs(v).max()).astype(np.float32)
+
+
 class SlowModel(FakeModel):
     def __init__(self, seconds: float):
         super().__init__()
@@ -213,10 +222,7 @@ def test_interims_space_out_when_decodes_are_slow():
         s, stage = asr_session(interim_interval_ms=300, budget_partial_ms=5000, **opts)
         stage.model = model
         stage.schedulers["asr"].start()
-        t = np.arange(64000) / 16000                     # 4 s of one continuous voiced sound, then silence
-        phase = 2 * np.pi * np.cumsum(140 * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))) / 16000
-        voiced = sum(np.sin(k * phase) / k for k in range(1, 20)).astype(np.float32)
-        x = np.concatenate([0.3 * voiced / np.abs(voiced).max(), np.zeros(16000, np.float32)])
+        x = np.concatenate([sustained_voice(4.0), np.zeros(16000, np.float32)])    # one 4 s sound, then silence
         await feed(s, x, pause=0.02)                    # real-time pace: 20 ms per 20 ms frame
         await s.finish()
         await stage.stop()
@@ -273,16 +279,10 @@ def test_a_pause_inside_speech_shows_the_speculative_decode_as_an_interim():
     the final decode started in the pause is shown as an interim of the segment up to the pause when speech
     goes on, instead of being dropped (interims are suspended during the pause). Regular interims are set
     too far apart (3 s) to produce one before the pause ends."""
-    def sustained(seconds):
-        t = np.arange(int(seconds * 16000)) / 16000
-        phase = 2 * np.pi * np.cumsum(140 * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))) / 16000
-        v = sum(np.sin(k * phase) / k for k in range(1, 20))
-        return (0.3 * v / np.abs(v).max()).astype(np.float32)
-
     async def go():
         s, stage = asr_session(interim_interval_ms=3000, interim_max_interval_ms=3000)
         stage.schedulers["asr"].start()
-        x = np.concatenate([sustained(1.5), np.zeros(4000, np.float32), sustained(1.5),
+        x = np.concatenate([sustained_voice(1.5), np.zeros(4000, np.float32), sustained_voice(1.5),
                             np.zeros(16000, np.float32)])
         await feed(s, x, pause=0.004)
         await s.finish()
