@@ -25,7 +25,9 @@ after 20 measurements; until then only the static ``max_sessions`` limit applies
 
 The machine's load also counts this process's CPU outside engine calls (event loop: protocol, VAD,
 resampling), measured from its CPU time over the same window, and the CPU the machine's other processes
-used (``/proc/stat`` less this process: a load generator or another service on the same box). And whatever the estimates say, a new stream
+used (``/proc/stat`` less this process: a load generator or another service on the same box); a new stream
+adds, beside its engine costs, the event-loop cores per open stream measured so far (so a burst of arrivals
+is not admitted as if its streams cost the loop nothing until the window sees them). And whatever the estimates say, a new stream
 that would use an engine is refused while the stages are missing their budgets (at least ``MISS_LIMIT``
 misses in the last ``MISS_WINDOW_S``: an ASR final late, a VC block late or passed through, a wakeword
 step late or coalesced; a skipped ASR interim is shedding by design and does not count): on a shared CPU
@@ -47,6 +49,7 @@ MIN_SAMPLES = 20
 WINDOW_S = 2.0          # the utilisation window: streams admitted more recently are not in it yet
 MISS_WINDOW_S = 5.0     # budget misses this recent hold admission ...
 MISS_LIMIT = 5          # ... once there are this many (a one-off hiccup does not)
+LOOP = "(event loop)"   # the key of a stream's event-loop cost among its per-pipeline costs
 
 
 def _machine_busy_seconds() -> float | None:
@@ -99,6 +102,7 @@ class Admission:
         self._cpu: deque[tuple[float, float]] = deque()    # (clock, process CPU seconds) samples
         self.process_cpu: Callable[[], float] = time.process_time
         self.machine_cpu: Callable[[], float | None] = _machine_busy_seconds   # all processes (None: unknown)
+        self.loop_per_stream = 0.0        # EWMA of event-loop cores per open stream (protocol, VAD, resampling)
         workers = int(getattr(settings, "engine_workers", -1) if settings is not None else -1)
         self.runtime = None                            # the machine's shared engine pool (server/runtime.py)
         if workers >= 0:
@@ -159,6 +163,12 @@ class Admission:
         self._cpu.append((now, self.process_cpu(), self.machine_cpu()))
         while len(self._cpu) > 2 and now - self._cpu[1][0] >= WINDOW_S:
             self._cpu.popleft()
+        # per stream, from streams open through the window (not those just admitted, whose load it does not
+        # hold yet), and only with several of them (the server's own fixed loop work is then spread thin)
+        settled = len(self.streams) - len({h for _, h, _ in self._recent if h in self.streams})
+        if settled >= 4 and now - self._cpu[0][0] >= 0.5 * WINDOW_S:
+            x = self.loop_cores() / settled
+            self.loop_per_stream = x if not self.loop_per_stream else 0.8 * self.loop_per_stream + 0.2 * x
 
     def loop_cores(self) -> float:
         """Cores this process spent outside engine calls over the last window (its CPU minus engine busy)."""
@@ -200,7 +210,7 @@ class Admission:
                     f"the last {MISS_WINDOW_S:g} s: " + ", ".join(f"{p} {n}" for p, n in sorted(misses.items()))
                     + "). Retry later or on another server")
             costs = {p: c for p in config.pipelines if (c := self.marginal(p)) is not None}
-            pending = self.unmeasured()
+            pending = self.unmeasured()           # also the event-loop cost of streams just admitted (LOOP)
             for p, cost in costs.items():
                 # in units of one thread of that scheduler: utilisation x threads = threads busy
                 threads = self.threads(p)
@@ -214,7 +224,8 @@ class Admission:
                         "Retry later or on another server")
             busy = (self.machine_busy(required=True) + self.loop_cores() + self.other_cores()
                     + sum(pending.values()))
-            need = sum(costs.values())
+            loop = self.loop_per_stream if costs else 0.0
+            need = sum(costs.values()) + loop
             if costs and busy + need > TARGET_UTILISATION * self.cores:
                 return ProtocolError(
                     ErrorCode.SERVER_BUSY,
@@ -222,7 +233,7 @@ class Admission:
                     f"needs ~{need:.2f}, limit {TARGET_UTILISATION * self.cores:.2f}. Retry later or on another "
                     "server")
             if costs:
-                self._recent.append((self.clock(), handler, costs))
+                self._recent.append((self.clock(), handler, {**costs, LOOP: loop}))
         self.streams[handler] = tuple(config.pipelines)
         return None
 
@@ -237,7 +248,8 @@ class Admission:
                                round(self.machine_busy(), 3), "machine_required_cores":
                                round(self.machine_busy(required=True), 3), "loop_cores": round(self.loop_cores(), 3),
                                "other_processes_cores": round(self.other_cores(), 3),
-                               "recent_budget_misses": self.recent_misses(), "pipelines": {}}
+                               "recent_budget_misses": self.recent_misses(),
+                               "loop_cores_per_stream": round(self.loop_per_stream, 4), "pipelines": {}}
         for p in sorted(set(self.costs) | set(self.schedulers)):
             util = self.utilisation(p, required=True)
             cost = self.marginal(p)

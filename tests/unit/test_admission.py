@@ -156,3 +156,21 @@ def test_other_processes_on_the_machine_count():
     assert adm.report(0)["other_processes_cores"] == 0.8
     admitted = sum(adm.admit(object(), cfg("asr")) is None for _ in range(10))
     assert admitted == 6                                            # 0.2 loop + 0.8 others + 6 x 0.1 = 1.6
+
+
+def test_a_burst_counts_the_event_loop_cost_of_its_streams():
+    """Ten open streams took 0.5 cores of event loop (0.05 each); a burst of new ones is counted at that
+    beside their engine cost, before the loop's measurement can see them."""
+    adm, clock = admission(cores=2.0, asr=[FakeScheduler(0.0, threads=4)])
+    cpu = [0.0]
+    adm.process_cpu, adm.machine_cpu = (lambda: cpu[0]), (lambda: None)
+    measured(adm, "asr", 0.07)
+    for _ in range(10):
+        adm.streams[object()] = ("vad",)
+    adm.sample_cpu()
+    clock[0] += 1.0
+    cpu[0] += 0.5
+    adm.sample_cpu()
+    assert abs(adm.loop_per_stream - 0.05) < 1e-9
+    admitted = sum(adm.admit(object(), cfg("asr")) is None for _ in range(20))
+    assert admitted == 9                  # (1.6 - 0.5 loop now) / (0.07 engine + 0.05 loop); 15 without it
