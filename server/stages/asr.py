@@ -97,7 +97,9 @@ def asr_int8(settings) -> bool:
     return "CUDAExecutionProvider" not in ort.get_available_providers()
 
 
-FINAL, INTERIM = 0, 1                # scheduler priorities
+# scheduler priorities: finals, then the interim replacing one that was skipped (its stream has waited
+# longest for an update), then the other interims
+FINAL, OVERDUE_INTERIM, INTERIM = 0, 1, 2
 
 
 class AsrStage(Stage):
@@ -323,7 +325,7 @@ class AsrStream(StageStream):
         seg.last_interim_end = max(seg.last_interim_end, spec_end)
         fut.add_done_callback(lambda f, s=seg, e=spec_end, t=t0, r=required: self._interim_done(s, e, t, f, r))
 
-    def _interim(self, end: int) -> None:
+    def _interim(self, end: int, priority: int = INTERIM) -> None:
         seg = self.seg
         assert seg is not None
         # Under load the cadence stretches to one interim per interim_max_interval_ms, so the part of this
@@ -333,7 +335,7 @@ class AsrStream(StageStream):
         audio = self.ctx.ring.read(seg.start, end)
         t = self.ctx.clock()
         fut = self.sched.submit((audio, seg.tokens), deadline=t + self.opts["budget_partial_ms"] / 1000.0, policy=SKIP,
-                                weight=len(audio) / 16000, priority=INTERIM, required=required)
+                                weight=len(audio) / 16000, priority=priority, required=required)
         seg.interim = fut
         fut.add_done_callback(lambda f, s=seg, e=end, t0=t, r=required: self._interim_done(s, e, t0, f, r))
 
@@ -355,11 +357,11 @@ class AsrStream(StageStream):
             m.budget_violations.labels("asr_partial", "skip").inc()
             self.ctx.emit({"type": "budget", "stage": "asr_partial", "budget_ms": self.opts["budget_partial_ms"],
                            "observed_ms": round((now - t0) * 1000, 1), "action": "skip"}, True)
-            # the skipped one was stale; one with the audio heard since takes its place at once (it has a
-            # fresh deadline, so the user is not left a further cadence without an interim)
+            # the skipped one was stale; one with the audio heard since takes its place at once, with a fresh
+            # deadline and ahead of other streams' interims (this stream has waited longest for an update)
             end_now = self.ctx.ring.end
             if seg.speculative is None and end_now - end >= 1600:
-                self._interim(end_now)
+                self._interim(end_now, priority=OVERDUE_INTERIM)
             return
         m.stage_latency.labels("asr_partial").observe(now - t0)
         seg.shown_end = end

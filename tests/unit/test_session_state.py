@@ -296,3 +296,38 @@ def test_a_pause_inside_speech_shows_the_speculative_decode_as_an_interim():
     assert early and all(1400 <= i["end_ms"] <= 1800 for i in early), [i["end_ms"] for i in interims]
     ends = [i["end_ms"] for i in interims]
     assert ends == sorted(ends)                                      # never an older interim after a newer
+
+
+def test_the_interim_replacing_a_skipped_one_goes_before_other_interims():
+    """An interim skipped as stale (it waited past its budget in the queue) is replaced at once by one with the
+    audio heard since, submitted at the overdue-interim priority: after finals, before every other interim,
+    so the stream that waited is served next. (The skip is handed to the stream directly: queueing long
+    enough for a real skip needs many streams.)"""
+    from voxserve.server.scheduler import Outcome
+    from voxserve.server.stages.asr import FINAL, INTERIM, OVERDUE_INTERIM
+
+    async def go():
+        s, stage = asr_session(interim_interval_ms=5000, interim_max_interval_ms=5000)   # none of its own
+        sched = stage.schedulers["asr"]
+        seen, submit = [], sched.submit
+
+        def spy(payload, **kw):
+            seen.append(kw["priority"])
+            return submit(payload, **kw)
+        sched.submit = spy
+        sched.start()
+        await feed(s, sustained_voice(1.5), pause=0.0)
+        asr = s.streams["asr"]
+        seg = asr.seg
+        assert seg is not None and seen == []
+        skipped = asyncio.get_running_loop().create_future()
+        skipped.set_result(Outcome(None, 0.5, 0.0, 0, late=True, skipped=True))
+        asr._interim_done(seg, seg.start + 8000, asr.ctx.clock(), skipped)   # covered 0.5 s; 1.5 s heard
+        overdue = list(seen)
+        await s.finish()
+        await stage.stop()
+        return overdue, drain(s)
+    overdue, events = asyncio.run(go())
+    assert overdue == [OVERDUE_INTERIM]
+    assert any(e["type"] == "budget" and e["action"] == "skip" for e in events)
+    assert FINAL < OVERDUE_INTERIM < INTERIM
