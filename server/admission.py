@@ -99,6 +99,7 @@ class Admission:
         self.schedulers: dict[str, list] = {}          # pipeline -> its BatchSchedulers
         self.streams: dict[object, tuple[str, ...]] = {}
         self._misses: deque[tuple[float, str]] = deque()   # (when, pipeline) of recent budget misses
+        self._miss_counts: dict[str, int] = {}             # those, per pipeline
         self._cpu: deque[tuple[float, float]] = deque()    # (clock, process CPU seconds) samples
         self.process_cpu: Callable[[], float] = time.process_time
         self.machine_cpu: Callable[[], float | None] = _machine_busy_seconds   # all processes (None: unknown)
@@ -146,16 +147,21 @@ class Admission:
 
     def missed(self, pipeline: str) -> None:
         """A stage of ``pipeline`` missed its latency budget (see the module docstring for what counts)."""
-        self._misses.append((self.clock(), pipeline))
+        now = self.clock()
+        self._misses.append((now, pipeline))
+        self._miss_counts[pipeline] = self._miss_counts.get(pipeline, 0) + 1
+        self._forget_misses(now)           # bounded even while no stream asks to be admitted
+
+    def _forget_misses(self, now: float) -> None:
+        while self._misses and now - self._misses[0][0] > MISS_WINDOW_S:
+            _, p = self._misses.popleft()
+            self._miss_counts[p] -= 1
+            if not self._miss_counts[p]:
+                del self._miss_counts[p]
 
     def recent_misses(self) -> dict[str, int]:
-        now = self.clock()
-        while self._misses and now - self._misses[0][0] > MISS_WINDOW_S:
-            self._misses.popleft()
-        out: dict[str, int] = {}
-        for _, p in self._misses:
-            out[p] = out.get(p, 0) + 1
-        return out
+        self._forget_misses(self.clock())
+        return dict(self._miss_counts)
 
     def sample_cpu(self) -> None:
         """Record this process's CPU time (called at each admission and each publish of the load)."""

@@ -26,6 +26,8 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from .scheduler import BUSY_KEEP_S
+
 
 def default_workers() -> int:
     """The cores this process may use."""
@@ -70,7 +72,10 @@ class EngineRuntime:
     def release(self, busy_s: float) -> None:
         """Give a worker back after ``busy_s`` seconds of engine time; the earliest waiter gets it."""
         if busy_s > 0:
-            self._busy.append((self.clock(), busy_s))
+            now = self.clock()
+            self._busy.append((now, busy_s))
+            while self._busy[0][0] < now - BUSY_KEEP_S:     # bounded even when nobody asks for utilisation
+                self._busy.popleft()
         while self._waiting:
             _, _, fut = heapq.heappop(self._waiting)
             if not fut.done():

@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 log = logging.getLogger("voxserve.scheduler")
 
 RUN_LATE = "run_late"
+BUSY_KEEP_S = 10.0      # how long batches' busy times are kept (utilisation looks at the last 2 s)
 SKIP = "skip"
 
 
@@ -307,6 +308,8 @@ class BatchScheduler:
         end = self.clock()
         total_weight = sum(r.weight for r in batch) or 1.0
         self._busy.append((end, compute, compute * sum(r.weight * r.required for r in batch) / total_weight))
+        while self._busy[0][0] < end - BUSY_KEEP_S:     # bounded even when nobody asks for utilisation
+            self._busy.popleft()
         self.cost_fit.add(total_weight, compute)
         slope = self.cost_fit.per_weight()
         for r, res in zip(batch, results):

@@ -174,3 +174,14 @@ def test_a_burst_counts_the_event_loop_cost_of_its_streams():
     assert abs(adm.loop_per_stream - 0.05) < 1e-9
     admitted = sum(adm.admit(object(), cfg("asr")) is None for _ in range(20))
     assert admitted == 9                  # (1.6 - 0.5 loop now) / (0.07 engine + 0.05 loop); 15 without it
+
+
+def test_budget_misses_are_forgotten_as_they_come_even_without_admissions():
+    from voxserve.server.admission import MISS_WINDOW_S
+
+    adm, clock = admission(vc=[FakeScheduler(0.0)])
+    for _ in range(1000):
+        clock[0] += 0.1
+        adm.missed("vc")
+    assert len(adm._misses) <= MISS_WINDOW_S / 0.1 + 1
+    assert adm.recent_misses() == {"vc": len(adm._misses)}

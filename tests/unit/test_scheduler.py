@@ -188,3 +188,17 @@ async def test_stop_fails_pending_requests():
 def test_invalid_configuration():
     with pytest.raises(ValueError):
         BatchScheduler("t", Recorder(), max_batch=0)
+
+
+async def test_busy_history_stays_bounded_without_anyone_asking_for_utilisation():
+    """A server whose streams run for hours without a new admission or /v1/info never asks for utilisation;
+    the batches' busy times must still not pile up."""
+    from voxserve.server.scheduler import BUSY_KEEP_S
+
+    now = [0.0]
+    s = BatchScheduler("t", Recorder(), max_batch=1, max_wait_s=0.0, clock=lambda: now[0])
+    for _ in range(200):
+        now[0] += 1.0
+        await s.submit(1, deadline=now[0] + 10)
+    assert len(s._busy) <= BUSY_KEEP_S + 1
+    await s.stop()
