@@ -312,6 +312,12 @@ class AsrStream(StageStream):
         seg.speculative = (spec_end, fut, self.ctx.clock())
         return True
 
+    def _required_share(self, seg: _Segment, end: int) -> float:
+        """The part of an interim ending at ``end`` that the stage could not shed: under load the cadence
+        stretches to one interim per ``interim_max_interval_ms``, so an interim counts for the new audio it
+        covers over that interval (at most 1)."""
+        return min(1.0, max(0, end - seg.last_interim_end) / (self.opts["interim_max_interval_ms"] * 16))
+
     def _promote_speculative(self) -> None:
         """Speech went on after a pause: the final decode started in the pause is now an interim (it is
         one: the segment up to the pause). Showing it instead of dropping it keeps interims coming through
@@ -320,17 +326,14 @@ class AsrStream(StageStream):
         assert seg is not None and seg.speculative is not None
         spec_end, fut, t0 = seg.speculative
         seg.speculative = None
-        # for admission it counts as the interim it now is (see _interim)
-        required = min(1.0, max(0, spec_end - seg.last_interim_end) / (self.opts["interim_max_interval_ms"] * 16))
+        required = self._required_share(seg, spec_end)      # for admission, the interim it now is
         seg.last_interim_end = max(seg.last_interim_end, spec_end)
         fut.add_done_callback(lambda f, s=seg, e=spec_end, t=t0, r=required: self._interim_done(s, e, t, f, r))
 
     def _interim(self, end: int, priority: int = INTERIM) -> None:
         seg = self.seg
         assert seg is not None
-        # Under load the cadence stretches to one interim per interim_max_interval_ms, so the part of this
-        # interim's work the stage could not shed is the new audio it covers over that interval.
-        required = min(1.0, (end - seg.last_interim_end) / (self.opts["interim_max_interval_ms"] * 16))
+        required = self._required_share(seg, end)
         seg.last_interim_end = end
         audio = self.ctx.ring.read(seg.start, end)
         t = self.ctx.clock()
@@ -354,7 +357,7 @@ class AsrStream(StageStream):
         m = self.stage.metrics
         if out.skipped:
             seg.gap_s = max(2.0 * seg.gap_s, self.opts["budget_partial_ms"] / 1000.0)   # back off harder
-            m.budget_violations.labels("asr_partial", "skip").inc()
+            self.stage.budget_missed("asr_partial", "skip", holds_admission=False)   # shedding by design
             self.ctx.emit({"type": "budget", "stage": "asr_partial", "budget_ms": self.opts["budget_partial_ms"],
                            "observed_ms": round((now - t0) * 1000, 1), "action": "skip"}, True)
             # the skipped one was stale; one with the audio heard since takes its place at once, with a fresh
@@ -457,9 +460,7 @@ class AsrStream(StageStream):
                                                            max(0.1, (end - seg.start) / 16000))
         budget = self.opts["budget_final_ms"] / 1000.0
         if now - t0 > budget:
-            m.budget_violations.labels("asr_final", "late").inc()
-            if self.stage.admission is not None:
-                self.stage.admission.missed("asr")
+            self.stage.budget_missed("asr_final", "late")
             self.ctx.emit({"type": "budget", "stage": "asr_final", "budget_ms": self.opts["budget_final_ms"],
                            "observed_ms": round((now - t0) * 1000, 1), "action": "late"}, True)
         if not out.value.text:

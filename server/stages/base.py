@@ -112,3 +112,12 @@ class Stage(abc.ABC):
 
     def describe(self) -> dict:
         return self.schema.describe()
+
+    def budget_missed(self, label: str, action: str, *, holds_admission: bool = True) -> None:
+        """A stream of this stage missed a latency budget: counted in the metrics (``label``, ``action``)
+        and, unless the miss is shedding by design (``holds_admission=False``: a skipped ASR interim),
+        reported to admission, which holds new engine streams while misses keep coming."""
+        self.metrics.budget_violations.labels(label, action).inc()
+        admission = getattr(self, "admission", None)
+        if holds_admission and admission is not None:
+            admission.missed(self.name)

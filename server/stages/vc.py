@@ -209,9 +209,7 @@ class VcStream(StageStream):
 
     def _report_late(self, arrival: float) -> None:
         now = self.ctx.clock()
-        self.stage.metrics.budget_violations.labels("vc", "late").inc()
-        if self.stage.admission is not None:
-            self.stage.admission.missed("vc")
+        self.stage.budget_missed("vc", "late")
         if now - self.last_budget_event > 1.0:
             self.last_budget_event = now
             self.ctx.emit({"type": "budget", "stage": "vc", "budget_ms": self.opts["budget_ms"],
@@ -224,10 +222,7 @@ class VcStream(StageStream):
         self.arrivals.pop(b, None)
         self.next_block = b + 1
         now = self.ctx.clock()
-        m = self.stage.metrics
-        m.budget_violations.labels("vc", "passthrough").inc()
-        if self.stage.admission is not None:
-            self.stage.admission.missed("vc")
+        self.stage.budget_missed("vc", "passthrough")
         if now - self.last_budget_event > 1.0:
             self.last_budget_event = now
             self.ctx.emit({"type": "budget", "stage": "vc", "budget_ms": self.opts["budget_ms"],

@@ -316,9 +316,7 @@ class WakewordStream(StageStream):
         if total > budget and k > 0:
             behind = self.ready - st.computed
             action = "coalesce" if behind > 1 else "late"
-            m.budget_violations.labels("wakeword", action).inc()
-            if self.stage.admission is not None:
-                self.stage.admission.missed("wakeword")
+            self.stage.budget_missed("wakeword", action)
             if now - self.last_budget_event > 1.0:
                 self.last_budget_event = now
                 self.ctx.emit({"type": "budget", "stage": "wakeword", "budget_ms": round(budget * 1000, 1),
