@@ -6,7 +6,8 @@ the scheduler task blocks for the first request, gathers for at most ``max_wait_
 dedicated executor thread (never on the event loop; at most ``max_inflight`` batches at once) ->
 each request's future gets an :class:`Outcome` with its queue and compute times.
 
-Order: ``priority`` first (lower runs first; ASR finals 0 before its interims 1), then deadline. A
+Order: ``priority`` first (lower runs first; ASR finals before interims), then deadline (or the
+``rank`` a stage gives instead: ASR interims by when their stream's user last saw an update). A
 ``batch_key`` (optional) says which requests can share one engine call: a batch then holds the first
 request in that order and only requests with its key (ASR: the same padded length), so a request never
 waits inside a batch for unrelated work that merely happened to be queued with it.
@@ -109,8 +110,9 @@ def marginal_cost(share_s: float, weight: float, per_weight: float | None) -> fl
 @dataclass(order=True)
 class _Request:
     priority: int
-    deadline: float
+    rank: float               # order within a priority: the deadline unless the stage gave another
     seq: int
+    deadline: float = field(compare=False)
     payload: Any = field(compare=False)
     policy: str = field(compare=False)
     weight: float = field(compare=False)
@@ -192,17 +194,21 @@ class BatchScheduler:
 
     # -- submission ----------------------------------------------------------------------------------
     def submit(self, payload: Any, *, deadline: float, policy: str = RUN_LATE, weight: float = 1.0,
-               priority: int = 0, required: float = 1.0) -> asyncio.Future:
+               priority: int = 0, required: float = 1.0, rank: float | None = None) -> asyncio.Future:
         """Queue one request; the returned future resolves to an :class:`Outcome`. ``weight`` is the
         request's share of work relative to others (e.g. the number of wakeword steps it carries);
         ``priority``: lower runs first whatever the deadlines (then earliest deadline first);
         ``required`` (0..1): the part of this work the stage could not shed under load (an interim sent
         more often than the sparsest cadence the stage falls back to counts for that share), which is
-        what :meth:`required_utilisation` reports to admission."""
+        what :meth:`required_utilisation` reports to admission; ``rank`` (seconds, on this scheduler's
+        clock): the order within one priority when it is not the deadline (ASR interims: when the user
+        would otherwise wait too long for an update), earliest first; the deadline still decides
+        ``skip`` and lateness."""
         if self._task is None:
             self.start()
         fut = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._heap, _Request(priority, deadline, next(self._seq), payload, policy, weight,
+        heapq.heappush(self._heap, _Request(priority, deadline if rank is None else rank, next(self._seq), deadline,
+                                            payload, policy, weight,
                                             min(1.0, max(0.0, required)), self.clock(), fut))
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)

@@ -64,8 +64,10 @@ ASR_SCHEMA = PipelineSchema(
                                                    "interims wait for twice the time the last one took, up to "
                                                    "interim_max_interval_ms)",
                min=100, max=5000),
-        Option("interim_max_interval_ms", int, 500, "the longest the load-adaptive cadence spaces interims "
-                                                    "(past it, an interim that cannot make its budget is skipped)",
+        Option("interim_max_interval_ms", int, 500, "the longest the stage aims to let users wait between "
+                                                    "updates: the next decode starts early enough (by the "
+                                                    "measured latency) to be shown within it; an interim that "
+                                                    "cannot make budget_partial_ms is skipped",
                min=100, max=10000),
         Option("pre_roll_ms", int, 200, "audio before the VAD start included in a segment", min=0, max=1000,
                updatable=False),
@@ -115,6 +117,7 @@ class AsrStage(Stage):
         self.model = model or MoonshineModel(settings.engine, settings.intra_op_threads,
                                              int8=asr_int8(settings))
         run = with_test_delay(self._run, settings, "asr")
+        self.interim_latency_s = 0.0     # EWMA over every stream's shown interims: queue + compute (seconds)
         # Batches in flight (ONNX Runtime sessions may run concurrently): on a CPU two, so a final never
         # waits behind a long interim decode that is already running; on a GPU four, with 1 s length
         # buckets (not load-measured: no GPU was lent to the session that set them).
@@ -131,6 +134,11 @@ class AsrStage(Stage):
                                                  runtime=getattr(admission, "runtime", None),
                                                  batch_key=self._batch_key,
                                                  nice=int(getattr(settings, "asr_nice", 0)))}
+
+    def observe_interim_latency(self, seconds: float) -> None:
+        """A shown interim's queue + compute time: the stage's recent interim latency (EWMA, seconds),
+        which spaces and times every stream's next interim (a stream's own last one may have been lucky)."""
+        self.interim_latency_s += 0.2 * (seconds - self.interim_latency_s)
 
     def _run(self, items: list):
         """Items: 16 kHz audio, or (audio, hint tokens) where the hint is the segment's previous hypothesis
@@ -196,7 +204,8 @@ class _Segment:
         self.opened_at = opened_at
         self.command = False            # after_wakeword: this segment is the command to transcribe
         self.tokens: list[int] | None = None   # the latest hypothesis: the next decode's teacher-forced hint
-        self.gap_s = 0.0                        # adaptive cadence: 2 x the last interim's queue + compute time
+        self.shown_at = opened_at               # clock time the user last saw an update (segment open, interim)
+        self.latency_s = 0.0                    # the last interim's queue + compute time (seconds)
         self.work_s = 0.0                       # engine time of this segment's interims (for admission's cost)
 
 
@@ -277,12 +286,22 @@ class AsrStream(StageStream):
             return
         if self._maybe_speculate(end):
             return                  # silence has begun: the final decode is under way, no interim competes
-        # Cadence: at least interim_interval_ms of new audio, and twice what the last interim took (at most
-        # interim_max_interval_ms), so a loaded server spaces interims out instead of computing ones it
-        # must then skip, but users still see an interim at least that often.
-        wait = max(self.opts["interim_interval_ms"] * 16,
-                   min(int(seg.gap_s * 16000), self.opts["interim_max_interval_ms"] * 16))
-        if self.opts["interims"] and seg.interim is None and end - seg.last_interim_end >= wait:
+        # Cadence, two rules. Spacing: at least interim_interval_ms of new audio, and twice the interim
+        # latency (this stream's last or the stage's recent average, whichever is longer; at most
+        # interim_max_interval_ms of audio), so a loaded server spaces interims out instead of queueing
+        # eager ones it must then skip or show late. What users see: an interim is also due once the time
+        # since their last update plus that latency reaches interim_max_interval_ms, so under load the
+        # next decode starts early enough to be shown within that interval, not one interval after the
+        # previous decode started (the latency is then spent on top of it).
+        if not self.opts["interims"] or seg.interim is not None:
+            return
+        new = end - seg.last_interim_end
+        least = self.opts["interim_interval_ms"] * 16
+        most_s = self.opts["interim_max_interval_ms"] / 1000.0
+        latency_s = max(seg.latency_s, self.stage.interim_latency_s)
+        spaced = new >= max(least, min(int(2 * latency_s * 16000), int(most_s * 16000)))
+        due = new >= least and self.ctx.clock() + latency_s >= seg.shown_at + most_s
+        if spaced or due:
             self._interim(end)
 
     def _maybe_speculate(self, end: int) -> bool:
@@ -337,8 +356,10 @@ class AsrStream(StageStream):
         seg.last_interim_end = end
         audio = self.ctx.ring.read(seg.start, end)
         t = self.ctx.clock()
+        # among interims, the stream whose user has waited longest for an update goes first
         fut = self.sched.submit((audio, seg.tokens), deadline=t + self.opts["budget_partial_ms"] / 1000.0, policy=SKIP,
-                                weight=len(audio) / 16000, priority=priority, required=required)
+                                weight=len(audio) / 16000, priority=priority, required=required,
+                                rank=seg.shown_at + self.opts["interim_max_interval_ms"] / 1000.0)
         seg.interim = fut
         fut.add_done_callback(lambda f, s=seg, e=end, t0=t, r=required: self._interim_done(s, e, t0, f, r))
 
@@ -356,7 +377,8 @@ class AsrStream(StageStream):
         now = self.ctx.clock()
         m = self.stage.metrics
         if out.skipped:
-            seg.gap_s = max(2.0 * seg.gap_s, self.opts["budget_partial_ms"] / 1000.0)   # back off harder
+            # back off harder: space this segment's interims at least as if they took half the budget
+            seg.latency_s = max(2.0 * seg.latency_s, self.opts["budget_partial_ms"] / 2000.0)
             self.stage.budget_missed("asr_partial", "skip", holds_admission=False)   # shedding by design
             self.ctx.emit({"type": "budget", "stage": "asr_partial", "budget_ms": self.opts["budget_partial_ms"],
                            "observed_ms": round((now - t0) * 1000, 1), "action": "skip"}, True)
@@ -368,8 +390,10 @@ class AsrStream(StageStream):
             return
         m.stage_latency.labels("asr_partial").observe(now - t0)
         seg.shown_end = end
+        seg.shown_at = now
         seg.tokens = list(out.value.tokens)
-        seg.gap_s = 2.0 * (now - t0)
+        seg.latency_s = now - t0
+        self.stage.observe_interim_latency(seg.latency_s)
         # admission's cost is what this stream takes at the sparsest cadence (finals count in full)
         seg.work_s += out.marginal_s * required
         words = out.value.text.split()

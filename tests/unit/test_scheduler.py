@@ -123,6 +123,24 @@ async def test_priority_goes_before_deadline():
     await s.stop()
 
 
+async def test_rank_orders_within_a_priority_and_the_deadline_still_decides_skip():
+    """A stage may order one priority's requests by a rank of its own (ASR interims: when each stream's
+    user last saw an update) instead of by deadline; the deadline still decides whether a request is
+    skipped. Request 2 has the latest deadline but the earliest rank, so it runs first; request 3's deadline
+    has passed, so it is skipped although its rank is earliest of all."""
+    rec = Recorder(delay=0.01)
+    s = BatchScheduler("t", rec, max_batch=1, max_wait_s=0.02)
+    now = time.perf_counter()
+    futs = [s.submit(0, deadline=now + 1, priority=1, rank=now + 3),
+            s.submit(1, deadline=now + 2, priority=1, rank=now + 2),
+            s.submit(2, deadline=now + 3, priority=1, rank=now + 1),
+            s.submit(3, deadline=now - 1, priority=1, rank=now, policy=SKIP)]
+    outs = await asyncio.gather(*futs)
+    assert rec.batches == [[2], [1], [0]]
+    assert outs[3].skipped and not any(o.skipped for o in outs[:3])
+    await s.stop()
+
+
 async def test_batch_key_keeps_unrelated_work_out_of_a_batch():
     """A batch holds the first request (by priority, deadline) and only requests with its key; the rest
     stay queued for the next batch in their own order."""
