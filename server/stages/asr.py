@@ -61,7 +61,7 @@ ASR_SCHEMA = PipelineSchema(
                choices=("always", "after_wakeword")),
         Option("interims", bool, True, "send interim transcripts while speaking"),
         Option("interim_interval_ms", int, 300, "new audio between interim decodes (at least; under load "
-                                                   "interims wait for twice the time the last one took, up to "
+                                                   "interims wait for twice the recent interim latency, up to "
                                                    "interim_max_interval_ms)",
                min=100, max=5000),
         Option("interim_max_interval_ms", int, 500, "the longest the stage aims to let users wait between "
