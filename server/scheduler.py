@@ -119,6 +119,7 @@ class _Request:
     required: float = field(compare=False)
     enqueued: float = field(compare=False)
     future: asyncio.Future = field(compare=False)
+    owner: Any = field(default=None, compare=False)
 
 
 class BatchScheduler:
@@ -147,8 +148,9 @@ class BatchScheduler:
         self._wake: asyncio.Future | None = None
         self._slots: asyncio.Semaphore | None = None
         self._inflight: set[asyncio.Task] = set()
-        self._busy: deque[tuple[float, float, float]] = deque()  # recent batches: (end time, seconds busy,
-        #                                                          the required part of those seconds)
+        # recent batches: (end time, seconds busy, the required part of those seconds, and both split by
+        # owner: ((owner, seconds, required seconds), ...) for the requests that named one)
+        self._busy: deque[tuple[float, float, float, tuple]] = deque()
         self.cost_fit = BatchCostFit()                 # engine time against batch weight (admission)
         self.batch_time_ewma: float | None = None      # seconds per batch call
         self.item_time_ewma: float | None = None       # seconds per item (batch time / size)
@@ -194,7 +196,8 @@ class BatchScheduler:
 
     # -- submission ----------------------------------------------------------------------------------
     def submit(self, payload: Any, *, deadline: float, policy: str = RUN_LATE, weight: float = 1.0,
-               priority: int = 0, required: float = 1.0, rank: float | None = None) -> asyncio.Future:
+               priority: int = 0, required: float = 1.0, rank: float | None = None,
+               owner: Any = None) -> asyncio.Future:
         """Queue one request; the returned future resolves to an :class:`Outcome`. ``weight`` is the
         request's share of work relative to others (e.g. the number of wakeword steps it carries);
         ``priority``: lower runs first whatever the deadlines (then earliest deadline first);
@@ -203,13 +206,14 @@ class BatchScheduler:
         what :meth:`required_utilisation` reports to admission; ``rank`` (seconds, on this scheduler's
         clock): the order within one priority when it is not the deadline (ASR interims: when the user
         would otherwise wait too long for an update), earliest first; the deadline still decides
-        ``skip`` and lateness."""
+        ``skip`` and lateness. ``owner`` (hashable, e.g. the stream's session id): whose work this is, so
+        :meth:`utilisation` can leave out the work of streams that have ended (``exclude``)."""
         if self._task is None:
             self.start()
         fut = asyncio.get_running_loop().create_future()
         heapq.heappush(self._heap, _Request(priority, deadline if rank is None else rank, next(self._seq), deadline,
                                             payload, policy, weight,
-                                            min(1.0, max(0.0, required)), self.clock(), fut))
+                                            min(1.0, max(0.0, required)), self.clock(), fut, owner))
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
         return fut
@@ -313,7 +317,9 @@ class BatchScheduler:
         self._observe(len(batch), compute)
         end = self.clock()
         total_weight = sum(r.weight for r in batch) or 1.0
-        self._busy.append((end, compute, compute * sum(r.weight * r.required for r in batch) / total_weight))
+        per = compute / total_weight
+        owners = tuple((r.owner, per * r.weight, per * r.weight * r.required) for r in batch if r.owner is not None)
+        self._busy.append((end, compute, per * sum(r.weight * r.required for r in batch), owners))
         while self._busy[0][0] < end - BUSY_KEEP_S:     # bounded even when nobody asks for utilisation
             self._busy.popleft()
         self.cost_fit.add(total_weight, compute)
@@ -342,17 +348,21 @@ class BatchScheduler:
         if self.metrics is not None:
             self.metrics.engine_timeouts.labels(self.name).inc()
 
-    def utilisation(self, window_s: float = 2.0, required: bool = False) -> float:
+    def utilisation(self, window_s: float = 2.0, required: bool = False, exclude: Any = ()) -> float:
         """Fraction of the last ``window_s`` seconds the executor spent in engine calls (per thread); with
-        ``required``, only the part of that work the stages could not have shed (see ``submit``)."""
+        ``required``, only the part of that work the stages could not have shed (see ``submit``); less the
+        work of the owners in ``exclude`` (a container: streams that have ended add no more load)."""
         now = self.clock()
         while self._busy and self._busy[0][0] < now - window_s:
             self._busy.popleft()
         k = 2 if required else 1
-        return min(1.0, sum(b[k] for b in self._busy) / (window_s * self.max_inflight))
+        busy = sum(b[k] for b in self._busy)
+        if exclude:
+            busy -= sum(o[k] for b in self._busy for o in b[3] if o[0] in exclude)
+        return min(1.0, max(0.0, busy) / (window_s * self.max_inflight))
 
-    def required_utilisation(self, window_s: float = 2.0) -> float:
-        return self.utilisation(window_s, required=True)
+    def required_utilisation(self, window_s: float = 2.0, exclude: Any = ()) -> float:
+        return self.utilisation(window_s, required=True, exclude=exclude)
 
     def _observe(self, size: int, compute: float) -> None:
         a = 0.1

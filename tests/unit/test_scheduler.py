@@ -220,3 +220,25 @@ async def test_busy_history_stays_bounded_without_anyone_asking_for_utilisation(
         await s.submit(1, deadline=now[0] + 10)
     assert len(s._busy) <= BUSY_KEEP_S + 1
     await s.stop()
+
+
+async def test_utilisation_can_leave_out_the_work_of_named_owners():
+    """Each request's share of its batch's engine time is kept under its owner, so the work of streams
+    that have ended can be left out of the utilisation (required parts too); unnamed work always counts."""
+    rec = Recorder(delay=0.05)
+    s = BatchScheduler("t", rec, max_batch=8, max_wait_s=0.02)
+    far = time.perf_counter() + 10
+    await asyncio.gather(s.submit(1, deadline=far, owner="a", weight=3.0),
+                         s.submit(2, deadline=far, owner="b", weight=1.0, required=0.5),
+                         s.submit(3, deadline=far))
+    assert len(rec.batches) == 1
+    total = s.utilisation()
+    assert total > 0
+    without_a = s.utilisation(exclude={"a"})
+    assert abs(without_a - total * 2 / 5) < 1e-9                  # a weighed 3 of the batch's 5
+    assert abs(s.utilisation(exclude={"a", "b"}) - total / 5) < 1e-9
+    # required: a 3 + b 0.5 + unnamed 1 = 4.5 of 5; without b: 4.0
+    assert abs(s.required_utilisation() - total * 4.5 / 5) < 1e-9
+    assert abs(s.required_utilisation(exclude={"b"}) - total * 4.0 / 5) < 1e-9
+    assert s.utilisation(exclude={"nobody"}) == total
+    await s.stop()
