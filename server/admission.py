@@ -20,7 +20,12 @@ A new stream is refused (``server_busy``, close 1013) when either
 - for the whole machine, the engine threads' busy time summed over every scheduler (in cores), plus the
   not-yet-measured streams' costs, plus the new stream's cost over all its pipelines, would exceed 0.8 of
   the machine's cores (four engine threads on two cores are not four cores).
-That is the point past which queues, and so budgets, stop being stable. A pipeline is judged only
+That is the point past which queues, and so budgets, stop being stable. Streams that have ended are left
+out: their engine work (stages name each request's stream, ``BatchScheduler.submit(owner=)``), their share
+of the event loop's work and their budget misses are still in the windows, but will not recur, so a client
+that sends files one after another faster than real time is not refused on a server its last file left
+idle. (Other processes' CPU cannot be told apart by stream: a load generator on the same box still counts
+until the window has moved past it.) A pipeline is judged only
 after 20 measurements; until then only the static ``max_sessions`` limit applies to it.
 
 The machine's load also counts this process's CPU outside engine calls (event loop: protocol, VAD,
@@ -64,10 +69,11 @@ def _machine_busy_seconds() -> float | None:
         return None
 
 
-def _util(scheduler: Any, required: bool) -> float:
+def _util(scheduler: Any, required: bool, ended: Any = ()) -> float:
+    """The scheduler's utilisation (its required part), less the work of the ``ended`` streams."""
     if required and hasattr(scheduler, "required_utilisation"):
-        return scheduler.required_utilisation()
-    return scheduler.utilisation()
+        return scheduler.required_utilisation(exclude=ended) if ended else scheduler.required_utilisation()
+    return scheduler.utilisation(exclude=ended) if ended else scheduler.utilisation()
 
 
 class CostModel:
@@ -98,8 +104,8 @@ class Admission:
         self.costs: dict[str, CostModel] = {}
         self.schedulers: dict[str, list] = {}          # pipeline -> its BatchSchedulers
         self.streams: dict[object, tuple[str, ...]] = {}
-        self._misses: deque[tuple[float, str]] = deque()   # (when, pipeline) of recent budget misses
-        self._miss_counts: dict[str, int] = {}             # those, per pipeline
+        self._misses: deque[tuple[float, str, object]] = deque()   # (when, pipeline, stream) of recent misses
+        self._ended: dict[object, float] = {}              # owner (session id) -> when its stream ended
         self._cpu: deque[tuple[float, float]] = deque()    # (clock, process CPU seconds) samples
         self.process_cpu: Callable[[], float] = time.process_time
         self.machine_cpu: Callable[[], float | None] = _machine_busy_seconds   # all processes (None: unknown)
@@ -126,10 +132,21 @@ class Admission:
             return None
         return m.value
 
-    def utilisation(self, pipeline: str, required: bool = False) -> float:
+    def ended(self) -> dict[object, float]:
+        """Streams that ended within the measurement windows (owner -> when): their engine work and budget
+        misses are still in the windows but will not recur, so admission leaves them out."""
+        now = self.clock()
+        keep = max(WINDOW_S, MISS_WINDOW_S)
+        for owner in [o for o, t in self._ended.items() if now - t > keep]:
+            del self._ended[owner]
+        return self._ended
+
+    def utilisation(self, pipeline: str, required: bool = False, ongoing: bool = True) -> float:
         """The pipeline's busiest scheduler's utilisation; with ``required``, only the work its stage could
-        not shed under load (an ASR stream's interims beyond the sparsest cadence are not required)."""
-        return max((_util(s, required) for s in self.schedulers.get(pipeline, [])), default=0.0)
+        not shed under load (an ASR stream's interims beyond the sparsest cadence are not required); with
+        ``ongoing``, less the work of streams that have ended."""
+        ended = self.ended() if ongoing else ()
+        return max((_util(s, required, ended) for s in self.schedulers.get(pipeline, [])), default=0.0)
 
     def threads(self, pipeline: str) -> int:
         """Engine threads of the pipeline's busiest scheduler (its utilisation is a fraction of these)."""
@@ -138,30 +155,37 @@ class Admission:
             return 1
         return getattr(max(group, key=lambda s: s.utilisation()), "max_inflight", 1)
 
-    def machine_busy(self, local: bool = False, required: bool = False) -> float:
-        """Cores' worth of engine work: each scheduler's utilisation times its threads, summed, plus the
-        other worker processes' (unless ``local``; they publish their required part)."""
-        own = sum(_util(s, required) * getattr(s, "max_inflight", 1) for group in self.schedulers.values()
+    def machine_busy(self, local: bool = False, required: bool = False, ongoing: bool = True) -> float:
+        """Cores' worth of engine work: each scheduler's utilisation times its threads, summed (with
+        ``ongoing``, less the work of streams that have ended), plus the other worker processes' (unless
+        ``local``; they publish their required, ongoing part)."""
+        ended = self.ended() if ongoing else ()
+        own = sum(_util(s, required, ended) * getattr(s, "max_inflight", 1) for group in self.schedulers.values()
                   for s in group)
         return own if local else own + self.external_busy()
 
-    def missed(self, pipeline: str) -> None:
-        """A stage of ``pipeline`` missed its latency budget (see the module docstring for what counts)."""
+    def missed(self, pipeline: str, owner: object = None) -> None:
+        """A stage of ``pipeline`` missed its latency budget, in the stream ``owner`` (its session id) when
+        known (see the module docstring for what counts)."""
         now = self.clock()
-        self._misses.append((now, pipeline))
-        self._miss_counts[pipeline] = self._miss_counts.get(pipeline, 0) + 1
+        self._misses.append((now, pipeline, owner))
         self._forget_misses(now)           # bounded even while no stream asks to be admitted
 
     def _forget_misses(self, now: float) -> None:
         while self._misses and now - self._misses[0][0] > MISS_WINDOW_S:
-            _, p = self._misses.popleft()
-            self._miss_counts[p] -= 1
-            if not self._miss_counts[p]:
-                del self._miss_counts[p]
+            self._misses.popleft()
 
     def recent_misses(self) -> dict[str, int]:
+        """Per pipeline, the budget misses of the last ``MISS_WINDOW_S``, except those of streams that have
+        ended since (a stream that outran the server, e.g. a file sent faster than real time, does not
+        hold the next stream back once it is gone)."""
         self._forget_misses(self.clock())
-        return dict(self._miss_counts)
+        ended = self.ended()
+        out: dict[str, int] = {}
+        for _, p, owner in self._misses:
+            if owner is None or owner not in ended:
+                out[p] = out.get(p, 0) + 1
+        return out
 
     def sample_cpu(self) -> None:
         """Record this process's CPU time (called at each admission and each publish of the load)."""
@@ -176,12 +200,18 @@ class Admission:
             x = self.loop_cores() / settled
             self.loop_per_stream = x if not self.loop_per_stream else 0.8 * self.loop_per_stream + 0.2 * x
 
-    def loop_cores(self) -> float:
-        """Cores this process spent outside engine calls over the last window (its CPU minus engine busy)."""
+    def loop_cores(self, ongoing: bool = True) -> float:
+        """Cores this process spent outside engine calls over the last window (its CPU minus engine busy);
+        with ``ongoing``, less the part taken to be the ended streams' (their share of the engine work: a
+        stream's protocol, VAD and resampling work grows with its audio as its engine work does)."""
         if len(self._cpu) < 2 or self._cpu[-1][0] - self._cpu[0][0] < 0.5:
             return 0.0
         (t0, c0, _), (t1, c1, _) = self._cpu[0], self._cpu[-1]
-        return max(0.0, (c1 - c0) / (t1 - t0) - self.machine_busy(local=True))
+        engines = self.machine_busy(local=True, ongoing=False)
+        loop = max(0.0, (c1 - c0) / (t1 - t0) - engines)
+        if ongoing and engines > 0 and self.ended():
+            loop *= min(1.0, self.machine_busy(local=True) / engines)
+        return loop
 
     def other_cores(self) -> float:
         """Cores the machine's other processes used over the last window (all CPU time minus this process's,
@@ -243,15 +273,20 @@ class Admission:
         self.streams[handler] = tuple(config.pipelines)
         return None
 
-    def release(self, handler: object) -> None:
+    def release(self, handler: object, owner: object = None) -> None:
+        """``handler``'s stream has ended; ``owner`` (its session id, as its stages name their engine work
+        and budget misses) is then left out of the measurements (None: no session, or one that lives on
+        detached and keeps its load)."""
         self.streams.pop(handler, None)
+        if owner is not None:
+            self._ended[owner] = self.clock()
         if any(h is handler for _, h, _ in self._recent):      # a stream that already ended adds no load
             self._recent = deque(r for r in self._recent if r[1] is not handler)
 
     def report(self, open_streams: int) -> dict:
         out: dict[str, Any] = {"streams": open_streams, "cores": self.cores, "admission": bool(self.settings.admission),
                                "target_utilisation": TARGET_UTILISATION, "machine_busy_cores":
-                               round(self.machine_busy(), 3), "machine_required_cores":
+                               round(self.machine_busy(ongoing=False), 3), "machine_required_cores":
                                round(self.machine_busy(required=True), 3), "loop_cores": round(self.loop_cores(), 3),
                                "other_processes_cores": round(self.other_cores(), 3),
                                "recent_budget_misses": self.recent_misses(),
@@ -259,7 +294,7 @@ class Admission:
         for p in sorted(set(self.costs) | set(self.schedulers)):
             util = self.utilisation(p, required=True)
             cost = self.marginal(p)
-            entry: dict[str, Any] = {"utilisation": round(self.utilisation(p), 3), "required_utilisation":
+            entry: dict[str, Any] = {"utilisation": round(self.utilisation(p, ongoing=False), 3), "required_utilisation":
                                      round(util, 3), "cost_per_stream": None if cost is None else round(cost, 4)}
             if cost:
                 threads = self.threads(p)

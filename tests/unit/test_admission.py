@@ -185,3 +185,66 @@ def test_budget_misses_are_forgotten_as_they_come_even_without_admissions():
         adm.missed("vc")
     assert len(adm._misses) <= MISS_WINDOW_S / 0.1 + 1
     assert adm.recent_misses() == {"vc": len(adm._misses)}
+
+
+async def test_a_stream_that_ended_leaves_no_load_behind():
+    """A client sending files one after another faster than real time: the last one kept the engine busy
+    and missed budgets, but it has ended, so the next stream is judged on what is still running (the real
+    scheduler keeps each request's engine time under its stream's session id)."""
+    import time as _time
+
+    from voxserve.server.admission import MISS_LIMIT
+    from voxserve.server.scheduler import BatchScheduler
+
+    def engine(items):
+        _time.sleep(sum(items))                                   # each item: its engine seconds
+        return items
+
+    sched = BatchScheduler("asr", engine, max_batch=1, max_wait_s=0.0)
+    adm, clock = admission(asr=[sched])
+    adm.process_cpu, adm.machine_cpu = (lambda: 0.0), (lambda: None)
+    measured(adm, "asr", 0.55)
+
+    burst, steady = object(), object()
+    adm.streams[burst] = adm.streams[steady] = ("asr",)          # admitted a while ago, measured now
+    await sched.submit(0.6, deadline=_time.perf_counter() + 10, owner="burst")     # ~0.3 of the 2 s window
+    await sched.submit(0.02, deadline=_time.perf_counter() + 10, owner="steady")
+    for _ in range(MISS_LIMIT):
+        adm.missed("asr", "burst")
+    err = adm.admit(object(), cfg("asr"))
+    assert err is not None and err.code is ErrorCode.SERVER_BUSY and "missing" in err.message
+    adm._misses.clear()
+    err = adm.admit(object(), cfg("asr"))
+    assert err is not None and "capacity" in err.message         # ~0.31 + 0.55 > 0.8
+    for _ in range(MISS_LIMIT):
+        adm.missed("asr", "burst")
+    adm.release(burst, "burst")
+    assert adm.recent_misses() == {}
+    running, measured_all = adm.utilisation("asr", required=True), adm.utilisation("asr", ongoing=False)
+    assert 0.3 <= measured_all and running < 0.05 and abs(measured_all - running - 0.3) < 0.03
+    assert adm.admit(object(), cfg("asr")) is None                # ~0.01 + 0.55 <= 0.8
+    assert adm.report(1)["pipelines"]["asr"]["utilisation"] == round(measured_all, 3)
+    await sched.stop()
+
+
+def test_ended_streams_share_of_the_event_loop_is_left_out():
+    """The loop's CPU over the window is split between ended and running streams as their engine work is."""
+    adm, clock = admission(cores=2.0, asr=[FakeScheduler(0.5)])
+    cpu = [0.0]
+    adm.process_cpu, adm.machine_cpu = (lambda: cpu[0]), (lambda: None)
+    adm.sample_cpu()
+    clock[0] += 1.0
+    cpu[0] += 1.5                                                 # 1.0 core of loop beside 0.5 in engines
+    adm.sample_cpu()
+    assert abs(adm.loop_cores() - 1.0) < 1e-9
+    adm.schedulers["asr"][0] = Halved(0.5)                        # an ended stream did half the engine work
+    adm.release(object(), "gone")
+    assert abs(adm.loop_cores() - 0.5) < 1e-9
+    assert abs(adm.loop_cores(ongoing=False) - 1.0) < 1e-9
+
+
+class Halved(FakeScheduler):
+    """Half of the work belongs to owners that are excluded."""
+
+    def utilisation(self, exclude=()) -> float:
+        return self.util / 2 if exclude else self.util
