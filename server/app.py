@@ -320,7 +320,9 @@ class StreamHandler:
                     self._flushing.cancel()
                 self.session.close()
             self.server.handlers.discard(self)
-            self.server.admission.release(self)
+            # a detached session lives on (and keeps its load) until it is resumed or expires
+            self.server.admission.release(
+                self, self.session.id if self.session is not None and not self._detached else None)
             self.server.publish()
             m.sessions_active.dec()
             if not self.done.done():

@@ -327,7 +327,8 @@ class AsrStream(StageStream):
             self.sched.withdraw(seg.interim)
         audio = self.ctx.ring.read(seg.start, spec_end)
         fut = self.sched.submit((audio, seg.tokens), deadline=self.ctx.clock() + self.opts["budget_final_ms"] / 1000.0,
-                                policy=RUN_LATE, weight=len(audio) / 16000, priority=FINAL)
+                                policy=RUN_LATE, weight=len(audio) / 16000, priority=FINAL,
+                                owner=self.ctx.session_id)
         seg.speculative = (spec_end, fut, self.ctx.clock())
         return True
 
@@ -359,7 +360,8 @@ class AsrStream(StageStream):
         # among interims, the stream whose user has waited longest for an update goes first
         fut = self.sched.submit((audio, seg.tokens), deadline=t + self.opts["budget_partial_ms"] / 1000.0, policy=SKIP,
                                 weight=len(audio) / 16000, priority=priority, required=required,
-                                rank=seg.shown_at + self.opts["interim_max_interval_ms"] / 1000.0)
+                                rank=seg.shown_at + self.opts["interim_max_interval_ms"] / 1000.0,
+                                owner=self.ctx.session_id)
         seg.interim = fut
         fut.add_done_callback(lambda f, s=seg, e=end, t0=t, r=required: self._interim_done(s, e, t0, f, r))
 
@@ -453,7 +455,7 @@ class AsrStream(StageStream):
         else:
             audio = self.ctx.ring.read(seg.start, end)
             fut = self.sched.submit((audio, seg.tokens), deadline=t0 + self.opts["budget_final_ms"] / 1000.0, policy=RUN_LATE,
-                                    weight=len(audio) / 16000, priority=FINAL)
+                                    weight=len(audio) / 16000, priority=FINAL, owner=self.ctx.session_id)
             spec = False
         prev = self.final_tail
         task = asyncio.ensure_future(self._deliver(seg, end, reason, fut, prev, t0, spec))
@@ -484,7 +486,7 @@ class AsrStream(StageStream):
                                                            max(0.1, (end - seg.start) / 16000))
         budget = self.opts["budget_final_ms"] / 1000.0
         if now - t0 > budget:
-            self.stage.budget_missed("asr_final", "late")
+            self.stage.budget_missed("asr_final", "late", owner=self.ctx.session_id)
             self.ctx.emit({"type": "budget", "stage": "asr_final", "budget_ms": self.opts["budget_final_ms"],
                            "observed_ms": round((now - t0) * 1000, 1), "action": "late"}, True)
         if not out.value.text:

@@ -191,7 +191,8 @@ class VcStream(StageStream):
             req = {"frames": frames, "semitones": np.array([self.opts["semitones"]], np.float32),
                    "formant": np.array([self.opts["formant"]], np.float32),
                    "gain_db": np.array([self.opts["gain_db"]], np.float32), **self.state}
-            fut = self.stage.schedulers["vc"].submit(req, deadline=deadline, policy=RUN_LATE)
+            fut = self.stage.schedulers["vc"].submit(req, deadline=deadline, policy=RUN_LATE,
+                                                     owner=self.ctx.session_id)
             self.inflight = fut
             fut.add_done_callback(lambda f, blk=b, t=arrival: self._done(blk, t, f))
 
@@ -209,7 +210,7 @@ class VcStream(StageStream):
 
     def _report_late(self, arrival: float) -> None:
         now = self.ctx.clock()
-        self.stage.budget_missed("vc", "late")
+        self.stage.budget_missed("vc", "late", owner=self.ctx.session_id)
         if now - self.last_budget_event > 1.0:
             self.last_budget_event = now
             self.ctx.emit({"type": "budget", "stage": "vc", "budget_ms": self.opts["budget_ms"],
@@ -222,7 +223,7 @@ class VcStream(StageStream):
         self.arrivals.pop(b, None)
         self.next_block = b + 1
         now = self.ctx.clock()
-        self.stage.budget_missed("vc", "passthrough")
+        self.stage.budget_missed("vc", "passthrough", owner=self.ctx.session_id)
         if now - self.last_budget_event > 1.0:
             self.last_budget_event = now
             self.ctx.emit({"type": "budget", "stage": "vc", "budget_ms": self.opts["budget_ms"],

@@ -270,7 +270,8 @@ class WakewordStream(StageStream):
             arrival = self._arrival(wanted)
             deadline = arrival + self.opts["budget_ms"] / 1000.0
             req = StepRequest(audio, st.acoustic, st.emb_hist, st.heads, mask)
-            fut = self.stage.schedulers[flavour].submit(req, deadline=deadline, policy=RUN_LATE, weight=k)
+            fut = self.stage.schedulers[flavour].submit(req, deadline=deadline, policy=RUN_LATE, weight=k,
+                                                        owner=self.ctx.session_id)
             st.inflight = fut
             fut.add_done_callback(lambda f, fl=flavour, a=first, b=last, w=wanted: self._done(fl, a, b, w, f))
 
@@ -316,7 +317,7 @@ class WakewordStream(StageStream):
         if total > budget and k > 0:
             behind = self.ready - st.computed
             action = "coalesce" if behind > 1 else "late"
-            self.stage.budget_missed("wakeword", action)
+            self.stage.budget_missed("wakeword", action, owner=self.ctx.session_id)
             if now - self.last_budget_event > 1.0:
                 self.last_budget_event = now
                 self.ctx.emit({"type": "budget", "stage": "wakeword", "budget_ms": round(budget * 1000, 1),

@@ -253,7 +253,7 @@ class WyomingConnection:
                 self._pump.cancel()
                 self._pump = None
             sess.close()
-            self.vox.admission.release(self)
+            self.vox.admission.release(self, sess.id)
             self.session = None
             self.mode = None if deliver else self.mode
 
