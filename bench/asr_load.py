@@ -13,7 +13,8 @@ Reported per stream count:
   end is known at ``end + hangover - 80 ms``. The server's own figure (``latency.total_ms``, from its
   end-of-utterance decision) is shown beside it.
 - **interim gaps**: seconds between consecutive interims while a segment is open (the first from the
-  VAD's ``speech_start`` event), as the client sees them.
+  VAD's ``speech_start`` event), as the client sees them; those over 600 ms by what preceded them: the
+  segment's first interim, a skipped (stale) interim in the gap, or neither.
 - **WER** of the finals over the sentences sent completely (each final belongs to the sentence its
   audio overlaps most), normalised as in ``bench/asr_eval.py``.
 - server CPU, budget events, errors.
@@ -114,15 +115,25 @@ async def one(url, pcm, spans, seconds, delay, hangover_ms, out):
         await ws.send(msgpack.packb({"type": "stop"}))
         await rt
     # interim gaps as the client saw them
-    last, open_ = None, False
+    # and, for those over 600 ms, what came before them: the segment's first interim (counted from
+    # speech_start), a skipped interim (budget event) in the gap, or neither (then the interim's own
+    # latency and the audio it advanced over the previous one say whether a decode or a pause was slow)
+    last, open_, skipped, first, last_end = None, False, False, False, None
     for t, e in events:
         if e.get("type") == "vad" and e.get("event") == "speech_start":
-            open_, last = True, t
+            open_, last, skipped, first, last_end = True, t, False, True, None
         elif e.get("type") == "vad" and e.get("event") == "speech_end":
             open_ = False
+        elif e.get("type") == "budget" and e.get("stage") == "asr_partial":
+            skipped = True
         elif e.get("type") == "transcript_interim" and open_ and last is not None:
-            out["gaps_ms"].append((t - last) * 1000)
-            last = t
+            g = (t - last) * 1000
+            out["gaps_ms"].append(g)
+            if g > 600:
+                cause = "first" if first else "after_skip" if skipped else "other"
+                out["slow_gaps"].append({"cause": cause, "gap_ms": round(g), "latency_ms": e["latency"]["total_ms"],
+                                         "audio_ms": None if last_end is None else e["end_ms"] - last_end})
+            last, skipped, first, last_end = t, False, False, e["end_ms"]
     # finals to the sentences sent completely
     sent_end = n * FRAME
     texts: dict[int, list[str]] = {}
@@ -154,7 +165,7 @@ def load_info(port) -> dict:
 
 
 def new_out() -> dict:
-    return {"final_client_ms": [], "final_server_ms": [], "gaps_ms": [], "pairs": [], "errors": [], "budget": 0,
+    return {"final_client_ms": [], "final_server_ms": [], "gaps_ms": [], "slow_gaps": [], "pairs": [], "errors": [], "budget": 0,
             "refused": 0}
 
 
@@ -205,6 +216,8 @@ def run_level(streams, seconds, gap_s, extra_args, sentences, refs, env=None, ad
             "final_server_ms": percentiles(out["final_server_ms"], (50, 95, 99)),
             "interim_gap_ms": percentiles(gaps, (50, 95, 99)), "interim_gap_max_ms": round(max(gaps), 1) if gaps else None,
             "interims_over_600ms": round(sum(g > 600 for g in gaps) / max(1, len(gaps)), 4),
+            "over_600ms_by_cause": {c: sum(1 for x in out["slow_gaps"] if x["cause"] == c)
+                                    for c in ("first", "after_skip", "other")},
             "sentences": len(out["pairs"]), "wer": round(wer(out["pairs"]), 4), "budget_events": out["budget"],
             "errors": len(out["errors"]), "refused": out["refused"], "admission": admission,
             "cost_per_stream": before.get("cost_per_stream"), "capacity_estimate": before.get("remaining_streams_estimate")}
@@ -241,13 +254,15 @@ def main() -> int:
             results.append(r)
     if args.record:
         lines = ["| code | streams | server CPU (cores) | finals | final latency at client p50/p95/p99 ms | server p50/p95/p99 ms "
-                 "| interim gap p50/p95/max ms | interims > 600 ms | WER (sentences) | budget events | errors | refused |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "| interim gap p50/p95/max ms | interims > 600 ms | of which first / after a skip / other "
+                 "| WER (sentences) | budget events | errors | refused |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in results:
             fc, fs, g = r["final_client_ms"], r["final_server_ms"], r["interim_gap_ms"]
             lines.append(f"| {r['code']} | {r['streams']} | {r['server_cpu_cores']} | {r['finals']} | {fc['p50']} / {fc['p95']} / "
                          f"{fc['p99']} | {fs['p50']} / {fs['p95']} / {fs['p99']} | {g['p50']} / {g['p95']} / "
-                         f"{r['interim_gap_max_ms']} | {r['interims_over_600ms'] * 100:.1f} % | {r['wer'] * 100:.1f} % "
+                         f"{r['interim_gap_max_ms']} | {r['interims_over_600ms'] * 100:.1f} % | "
+                         f"{' / '.join(str(v) for v in r['over_600ms_by_cause'].values())} | {r['wer'] * 100:.1f} % "
                          f"({r['sentences']}) | {r['budget_events']} | {r['errors']} | {r['refused']} |")
         server = " ".join(args.server_arg + [f"stream option asr.{kv}" for kv in args.asr_option])
         if args.baseline:
