@@ -20,7 +20,7 @@ through unconverted). Failures: if ``run_batch`` raises, every request of that b
 Watchdog: a call that runs longer than ``timeout_s`` fails its requests with :class:`StageFailed`; its
 thread is abandoned (a Python thread cannot be killed) and the scheduler goes on with a fresh one.
 
-With a shared :class:`~voxserve.server.runtime.EngineRuntime` (the server's default), a gathered batch
+With a shared :class:`~voxserve.server.runtime.EngineRuntime` (``--engine-workers`` >= 0), a gathered batch
 also waits for one of the machine's workers, granted across every model earliest deadline first, and
 runs on the runtime's pool instead of this scheduler's own threads; ``max_inflight`` still caps this
 model's batches in flight.
@@ -250,11 +250,11 @@ class BatchScheduler:
                     break
                 await self._wait(remaining)
             if self.runtime is not None and self._heap:
-                await self.runtime.acquire(min(r.deadline for r in self._heap))   # the machine's worker
+                await self.runtime.acquire(min(r.deadline for r in self._heap), self.name)   # the machine's worker
             batch = self._take()
             if not batch:
                 if self.runtime is not None:
-                    self.runtime.release(0.0)
+                    self.runtime.release(0.0, self.name)
                 self._slots.release()
                 continue
             task = asyncio.create_task(self._run(batch))
@@ -313,7 +313,7 @@ class BatchScheduler:
             assert self._slots is not None
             self._slots.release()
             if self.runtime is not None:
-                self.runtime.release(compute or (self.clock() - start))
+                self.runtime.release(compute or (self.clock() - start), self.name)
         self._observe(len(batch), compute)
         end = self.clock()
         total_weight = sum(r.weight for r in batch) or 1.0

@@ -86,3 +86,40 @@ async def test_a_cancelled_waiter_does_not_leak_the_worker():
     await asyncio.wait_for(rt.acquire(3.0), 1.0)          # the worker came back, not lost to the cancelled one
     rt.release(0.0)
     rt.shutdown()
+
+
+async def test_a_model_alone_may_use_every_worker():
+    log = fresh_log()
+    rt = EngineRuntime(workers=2)
+    s = BatchScheduler("asr", Model("asr", log, delay=0.05), max_batch=1, max_wait_s=0.0, max_inflight=2, runtime=rt)
+    far = time.perf_counter() + 30
+    await asyncio.gather(*[s.submit(k, deadline=far) for k in range(6)])
+    assert log["peak"] == 2 and rt.reserved == 0
+    await s.stop()
+    rt.shutdown()
+
+
+async def test_one_worker_stays_free_for_other_active_models():
+    """A long model cannot take the last worker while a short one is active, so the short one's next
+    call starts at once instead of waiting for a long call to end (the pool cannot preempt)."""
+    log = fresh_log()
+    rt = EngineRuntime(workers=2, reserve_s=1.0)
+    long_ = BatchScheduler("asr", Model("asr", log, delay=0.15), max_batch=1, max_wait_s=0.0, max_inflight=2,
+                           runtime=rt)
+    short = BatchScheduler("vc", Model("vc", log, delay=0.005), max_batch=8, max_wait_s=0.0, runtime=rt)
+    far = time.perf_counter() + 30
+    await short.submit("warm", deadline=far)                   # vc is now active
+    decodes = [long_.submit(k, deadline=far) for k in range(3)]
+    await asyncio.sleep(0.03)                                  # asr holds one worker, two decodes wait
+    assert log["running"] == 1
+    block = await short.submit("block", deadline=far)
+    assert block.queue_s < 0.05                                # the kept worker, not the end of a decode
+    await asyncio.gather(*decodes)
+    assert rt.reserved > 0
+    await asyncio.sleep(1.1)                                   # vc has gone quiet: the reserve lapses
+    log["peak"] = 0
+    await asyncio.gather(*[long_.submit(k, deadline=far + 1) for k in range(4)])
+    assert log["peak"] == 2
+    for s in (long_, short):
+        await s.stop()
+    rt.shutdown()
