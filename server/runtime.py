@@ -20,7 +20,6 @@ the machine's load. Pure asyncio + a thread pool; knows nothing of sockets or mo
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import os
 import time
