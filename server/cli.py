@@ -72,7 +72,16 @@ def serve(settings: Settings) -> int:
         print(f"voxserve: {problem}", file=sys.stderr)
         return 2
     workers = settings.worker_count
-    server = None if workers > 1 else make_server(settings)[0]
+    server = None
+    if workers <= 1:
+        from voxserve.engines.base import EngineError
+        try:
+            server = make_server(settings)[0]
+        except EngineError as exc:
+            # an engine or model this machine lacks (e.g. --engine tensorrt without the package): the
+            # message says what to install or choose instead; a traceback would only hide it
+            print(f"voxserve: cannot start: {exc}", file=sys.stderr)
+            return 2
     web, ws = ("https", "wss") if settings.tls else ("http", "ws")
     url = f"{web}://{settings.host}:{settings.port}"
     stream_url = f"{ws}://{settings.host}:{settings.port}/v1/stream"

@@ -76,7 +76,12 @@ def worker_main(settings_fields: dict, index: int, table_path: str, workers: int
     settings = Settings(**settings_fields)
     configure(settings.log_level, settings.log_format, secrets=(*settings.api_key_list, settings.jwt_secret))
     table = WorkerTable(table_path, workers, index)
-    server, app = make_server(settings, table=table)
+    from voxserve.engines.base import EngineError
+    try:
+        server, app = make_server(settings, table=table)
+    except EngineError as exc:                 # as in a single process: the reason, not a traceback
+        print(f"voxserve worker {index}: cannot start: {exc}", file=sys.stderr)
+        sys.exit(2)
     sock = reuse_port_socket(settings.host, settings.port)
     server.run(sockets=[sock])
 

@@ -196,3 +196,16 @@ def test_transport_refuses_messages_over_the_limit(quota_server):
             pass
         return ws.close_code
     assert asyncio.run(go()) == 1009
+
+
+def test_an_engine_this_machine_lacks_is_a_one_line_error_not_a_traceback():
+    """``--engine onnxruntime-cuda`` where ONNX Runtime has no CUDA provider (every CPU machine): exit 2 with
+    the engine's own explanation, as for invalid settings."""
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has the CUDA provider, so the engine starts (the GPU check covers it)")
+    out = subprocess.run(voxserve_exe() + ["serve", "--port", str(free_port()), "--pipelines", "vad,vc",
+                                           "--engine", "onnxruntime-cuda"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "voxserve: cannot start: onnxruntime-cuda" in out.stderr and "CUDAExecutionProvider" in out.stderr
+    assert "Traceback" not in out.stderr
