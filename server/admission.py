@@ -20,7 +20,9 @@ A new stream is refused (``server_busy``, close 1013) when either
 - for the whole machine, the engine threads' busy time summed over every scheduler (in cores), plus the
   not-yet-measured streams' costs, plus the new stream's cost over all its pipelines, would exceed 0.8 of
   the machine's cores (four engine threads on two cores are not four cores).
-That is the point past which queues, and so budgets, stop being stable. Streams that have ended are left
+That is the point past which queues, and so budgets, stop being stable; a stage with a short budget lowers
+the 0.8 while its streams are open (``Stage.machine_target``: VC, 0.6), since its tail grows with the whole
+machine's load before the others' do. Streams that have ended are left
 out: their engine work (stages name each request's stream, ``BatchScheduler.submit(owner=)``), their share
 of the event loop's work and their budget misses are still in the windows, but will not recur, so a client
 that sends files one after another faster than real time is not refused on a server its last file left
@@ -103,6 +105,7 @@ class Admission:
         self._recent: deque[tuple[float, object, dict[str, float]]] = deque()   # (admitted at, stream, costs)
         self.costs: dict[str, CostModel] = {}
         self.schedulers: dict[str, list] = {}          # pipeline -> its BatchSchedulers
+        self.targets: dict[str, float] = {}            # pipeline -> machine target while its streams are open
         self.streams: dict[object, tuple[str, ...]] = {}
         self._misses: deque[tuple[float, str, object]] = deque()   # (when, pipeline, stream) of recent misses
         self._ended: dict[object, float] = {}              # owner (session id) -> when its stream ended
@@ -117,8 +120,18 @@ class Admission:
 
             self.runtime = EngineRuntime(workers or None)
 
-    def register(self, pipeline: str, schedulers: list) -> None:
+    def register(self, pipeline: str, schedulers: list, target: float = TARGET_UTILISATION) -> None:
+        """``target``: the share of the machine's cores its engine load may reach while this pipeline has
+        streams open (a stage with a short budget, VC's 40 ms, needs more headroom than the default)."""
         self.schedulers[pipeline] = list(schedulers)
+        self.targets[pipeline] = target
+
+    def machine_target(self, pipelines: Any = ()) -> float:
+        """The machine's target with streams of ``pipelines`` about to open: the tightest target among
+        them and the pipelines of the open streams (the tail of a short-budget stage depends on the whole
+        machine's load, not on which stream brought it)."""
+        open_ = {p for ps in self.streams.values() for p in ps} | set(pipelines)
+        return min((self.targets.get(p, TARGET_UTILISATION) for p in open_), default=TARGET_UTILISATION)
 
     def cost_model(self, pipeline: str) -> CostModel:
         model = self.costs.get(pipeline)
@@ -262,12 +275,12 @@ class Admission:
                     + sum(pending.values()))
             loop = self.loop_per_stream if costs else 0.0
             need = sum(costs.values()) + loop
-            if costs and busy + need > TARGET_UTILISATION * self.cores:
+            limit = self.machine_target(config.pipelines) * self.cores
+            if costs and busy + need > limit:
                 return ProtocolError(
                     ErrorCode.SERVER_BUSY,
                     f"the machine's engines are busy: {busy:.2f} of {self.cores:g} cores in use, one more stream "
-                    f"needs ~{need:.2f}, limit {TARGET_UTILISATION * self.cores:.2f}. Retry later or on another "
-                    "server")
+                    f"needs ~{need:.2f}, limit {limit:.2f}. Retry later or on another server")
             if costs:
                 self._recent.append((self.clock(), handler, {**costs, LOOP: loop}))
         self.streams[handler] = tuple(config.pipelines)
@@ -285,7 +298,8 @@ class Admission:
 
     def report(self, open_streams: int) -> dict:
         out: dict[str, Any] = {"streams": open_streams, "cores": self.cores, "admission": bool(self.settings.admission),
-                               "target_utilisation": TARGET_UTILISATION, "machine_busy_cores":
+                               "target_utilisation": TARGET_UTILISATION, "machine_target": self.machine_target(),
+                               "machine_busy_cores":
                                round(self.machine_busy(ongoing=False), 3), "machine_required_cores":
                                round(self.machine_busy(required=True), 3), "loop_cores": round(self.loop_cores(), 3),
                                "other_processes_cores": round(self.other_cores(), 3),
@@ -299,7 +313,7 @@ class Admission:
             if cost:
                 threads = self.threads(p)
                 own = (TARGET_UTILISATION - util) * threads / cost
-                machine = (TARGET_UTILISATION * self.cores - self.machine_busy(required=True)
+                machine = (self.machine_target((p,)) * self.cores - self.machine_busy(required=True)
                            - self.loop_cores() - self.other_cores()) / cost
                 entry["remaining_streams_estimate"] = max(0, int(min(own, machine)))
             out["pipelines"][p] = entry

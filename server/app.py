@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import __version__
-from .admission import Admission
+from .admission import TARGET_UTILISATION, Admission
 from .auth import ANONYMOUS, Authenticator, OriginPolicy, Principal, find_credential, forbidden, parse_origins
 from .metrics import Metrics
 from .openai_api import routes as openai_routes
@@ -59,7 +59,8 @@ class VoxServer:
                                                                                         self.admission)
         self.schemas = {"vad": VAD_SCHEMA, **{name: st.schema for name, st in self.stages.items()}}
         for name, st in self.stages.items():
-            self.admission.register(name, list(getattr(st, "schedulers", {}).values()))
+            self.admission.register(name, list(getattr(st, "schedulers", {}).values()),
+                                    getattr(st, "machine_target", TARGET_UTILISATION))   # fakes in tests: default
         self.handlers: set[StreamHandler] = set()
         self.wyoming: set = set()                     # open Wyoming connections
         self._wyoming_server = None

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from ..admission import TARGET_UTILISATION
 from ..audio import RingBuffer
 from ..protocol.options import PipelineSchema
 from ..vad import VadEvent
@@ -100,6 +101,9 @@ class Stage(abc.ABC):
 
     name: str
     schema: PipelineSchema
+    #: the share of the machine's cores admission lets the engine load reach while this pipeline has
+    #: streams open (the tightest among the open pipelines applies; see ``Admission.machine_target``)
+    machine_target: float = TARGET_UTILISATION
 
     @abc.abstractmethod
     def open(self, ctx: StreamContext, options: dict) -> StageStream: ...

@@ -248,3 +248,23 @@ class Halved(FakeScheduler):
 
     def utilisation(self, exclude=()) -> float:
         return self.util / 2 if exclude else self.util
+
+
+def test_a_short_budget_pipeline_tightens_the_machine_target_while_its_streams_are_open():
+    """1.3 of 2 cores busy: an ASR stream fits under the default 0.8 x 2 = 1.6; with a VC stream open
+    (VC's target 0.6 x 2 = 1.2, the tightest of the open pipelines) it does not, nor does another VC stream."""
+    adm, _ = admission(cores=2.0, asr=[FakeScheduler(0.65, threads=2)])
+    adm.register("vc", [FakeScheduler(0.0)], target=0.6)
+    measured(adm, "asr", 0.05)
+    measured(adm, "vc", 0.05)
+    assert adm.machine_target() == TARGET_UTILISATION
+    assert adm.admit(object(), cfg("asr")) is None
+    vc_stream = object()
+    adm.streams[vc_stream] = ("vad", "vc")          # a VC stream admitted earlier, still open
+    assert adm.machine_target() == 0.6
+    for pipelines in (("asr",), ("vc",)):
+        err = adm.admit(object(), cfg(*pipelines))
+        assert err is not None and err.code is ErrorCode.SERVER_BUSY and "limit 1.20" in err.message
+    adm.release(vc_stream)
+    assert adm.machine_target() == TARGET_UTILISATION
+    assert adm.admit(object(), cfg("asr")) is None
