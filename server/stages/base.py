@@ -121,8 +121,8 @@ class Stage(abc.ABC):
                       owner: object = None) -> None:
         """A stream of this stage missed a latency budget: counted in the metrics (``label``, ``action``)
         and, unless the miss is shedding by design (``holds_admission=False``: a skipped ASR interim),
-        reported to admission, which holds new engine streams while misses keep coming (``owner``: the stream's session id, so misses
-        of a stream that has ended stop counting)."""
+        reported to admission, which holds new engine streams while misses keep coming (``owner``: the
+        stream's session id, so that misses of a stream that has ended stop counting)."""
         self.metrics.budget_violations.labels(label, action).inc()
         admission = getattr(self, "admission", None)
         if holds_admission and admission is not None:

@@ -71,8 +71,8 @@ class VcStage(Stage):
     name = "vc"
     schema = VC_SCHEMA
     # 16 ms blocks with a 40 ms budget: their tail grows with the whole machine's load long before the
-    # default 0.8 (measured on 2 cores under mixed load: VC p99 177-1189 ms at 0.8, 55 ms at 0.6; RESULTS
-    # "Admission: VC's headroom")
+    # default 0.8 (measured on 2 cores under mixed load: VC p99 177-1189 ms at 0.8, 72-172 ms at 0.6,
+    # budget events about six-fold fewer; still over 40 ms there: RESULTS "Admission: VC's headroom")
     machine_target = 0.6
 
     def __init__(self, settings, metrics, admission=None):
