@@ -102,6 +102,7 @@ class Admission:
         self.cores = cores if cores is not None else float(len(os.sched_getaffinity(0)))
         self.clock = clock
         self.external_busy: Callable[[], float] = lambda: 0.0     # other worker processes' engine load
+        self.external_target: Callable[[], float] = lambda: TARGET_UTILISATION   # and their tightest target
         self._recent: deque[tuple[float, object, dict[str, float]]] = deque()   # (admitted at, stream, costs)
         self.costs: dict[str, CostModel] = {}
         self.schedulers: dict[str, list] = {}          # pipeline -> its BatchSchedulers
@@ -128,8 +129,12 @@ class Admission:
 
     def machine_target(self, pipelines: Any = ()) -> float:
         """The machine's target with streams of ``pipelines`` about to open: the tightest target among
-        them and the pipelines of the open streams (the tail of a short-budget stage depends on the whole
-        machine's load, not on which stream brought it)."""
+        them and the pipelines of the open streams, here and in the other worker processes (the tail of
+        a short-budget stage depends on the whole machine's load, not on which stream brought it)."""
+        return min(self.local_target(pipelines), self.external_target())
+
+    def local_target(self, pipelines: Any = ()) -> float:
+        """:meth:`machine_target` from this process's streams only (what it publishes to the others)."""
         open_ = {p for ps in self.streams.values() for p in ps} | set(pipelines)
         return min((self.targets.get(p, TARGET_UTILISATION) for p in open_), default=TARGET_UTILISATION)
 

@@ -55,6 +55,7 @@ class VoxServer:
         self.admission = Admission(settings, self.metrics)
         if table is not None:
             self.admission.external_busy = lambda: table.others("busy_cores")
+            self.admission.external_target = lambda: table.others_target(TARGET_UTILISATION)
         self.stages: dict[str, Stage] = stages if stages is not None else build_stages(settings, self.metrics,
                                                                                         self.admission)
         self.schemas = {"vad": VAD_SCHEMA, **{name: st.schema for name, st in self.stages.items()}}
@@ -149,7 +150,8 @@ class VoxServer:
         self.admission.sample_cpu()
         if self.table is not None:
             # the engine load other workers' admission adds to their own: the part no stage could shed
-            self.table.write(self.session_count(local=True), self.admission.machine_busy(local=True, required=True))
+            self.table.write(self.session_count(local=True), self.admission.machine_busy(local=True, required=True),
+                             self.admission.local_target())
 
     def expire_detached(self, sid: str, why: str) -> None:
         sess = self.detached.pop(sid, None)

@@ -2,7 +2,7 @@
 connections), each with its own event loop and engines, and one whole-server view.
 
 The parent creates a shared table (:class:`WorkerTable`, a small memory-mapped file): one row per worker
-with its pid, open sessions and engine-busy cores, written by that worker on every session change and
+with its pid, open sessions, engine-busy cores and admission target, written by that worker on every session change and
 every housekeeping tick. ``--max-sessions`` and the machine-wide admission check read the sums, so they
 hold for the whole server; ``/v1/info`` and ``/metrics`` report each worker and the totals. The parent
 forwards SIGTERM/SIGINT to the workers (each drains its streams) and waits for them.
@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import asdict
 
-ROW = struct.Struct("<qqdd")         # pid, sessions, busy cores, heartbeat (unix time)
+ROW = struct.Struct("<qqddd")        # pid, sessions, busy cores, heartbeat (unix time), machine target
 
 
 class WorkerTable:
@@ -39,22 +39,31 @@ class WorkerTable:
         os.close(fd)
         return cls(path, workers)
 
-    def write(self, sessions: int, busy: float) -> None:
+    def write(self, sessions: int, busy: float, target: float = 0.0) -> None:
+        """This worker's row; ``target``: its admission's machine target now (the tightest among the
+        pipelines of its open streams), which the other workers' admission also applies."""
         assert self.index is not None
-        self._map[self.index * ROW.size:(self.index + 1) * ROW.size] = ROW.pack(os.getpid(), sessions, busy, time.time())
+        self._map[self.index * ROW.size:(self.index + 1) * ROW.size] = ROW.pack(os.getpid(), sessions, busy,
+                                                                                time.time(), target)
 
     def rows(self) -> list[dict]:
         out = []
         for i in range(self.workers):
-            pid, sessions, busy, beat = ROW.unpack_from(self._map, i * ROW.size)
+            pid, sessions, busy, beat, target = ROW.unpack_from(self._map, i * ROW.size)
             alive = pid > 0 and time.time() - beat < 5.0
             out.append({"worker": i, "pid": pid, "alive": alive, "sessions": sessions if alive else 0,
-                        "busy_cores": round(busy, 3) if alive else 0.0})
+                        "busy_cores": round(busy, 3) if alive else 0.0,
+                        "machine_target": target if alive and target > 0 else None})
         return out
 
     def others(self, key: str) -> float:
         """The sum of ``key`` over the other live workers."""
         return sum(r[key] for r in self.rows() if r["worker"] != self.index)
+
+    def others_target(self, default: float) -> float:
+        """The tightest machine target the other live workers publish (``default`` if none)."""
+        return min((r["machine_target"] for r in self.rows() if r["worker"] != self.index
+                    and r["machine_target"] is not None), default=default)
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:

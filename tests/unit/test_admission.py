@@ -268,3 +268,31 @@ def test_a_short_budget_pipeline_tightens_the_machine_target_while_its_streams_a
     adm.release(vc_stream)
     assert adm.machine_target() == TARGET_UTILISATION
     assert adm.admit(object(), cfg("asr")) is None
+
+
+def test_another_workers_vc_streams_tighten_this_workers_target():
+    """Under --workers N each process admits its own streams; a VC stream open in another worker lowers the
+    machine target here too (the workers share the cores)."""
+    adm, _ = admission(cores=2.0, asr=[FakeScheduler(0.65, threads=2)])
+    measured(adm, "asr", 0.05)
+    assert adm.local_target() == TARGET_UTILISATION
+    adm.external_target = lambda: 0.6
+    assert adm.machine_target() == 0.6 and adm.local_target() == TARGET_UTILISATION
+    err = adm.admit(object(), cfg("asr"))
+    assert err is not None and "limit 1.20" in err.message
+
+
+def test_worker_table_carries_each_workers_target(tmp_path):
+    from voxserve.server.workers import WorkerTable
+
+    parent = WorkerTable.create(3)
+    try:
+        rows = [WorkerTable(parent.path, 3, i) for i in range(3)]
+        rows[0].write(1, 0.5, 0.8)
+        rows[1].write(2, 0.1, 0.6)
+        assert rows[0].others_target(0.8) == 0.6
+        assert rows[1].others_target(0.8) == 0.8          # worker 2 has never written: no target from it
+        assert parent.rows()[2]["machine_target"] is None
+    finally:
+        import os
+        os.unlink(parent.path)
