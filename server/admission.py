@@ -74,8 +74,8 @@ def _machine_busy_seconds() -> float | None:
 def _util(scheduler: Any, required: bool, ended: Any = ()) -> float:
     """The scheduler's utilisation (its required part), less the work of the ``ended`` streams."""
     if required and hasattr(scheduler, "required_utilisation"):
-        return scheduler.required_utilisation(exclude=ended) if ended else scheduler.required_utilisation()
-    return scheduler.utilisation(exclude=ended) if ended else scheduler.utilisation()
+        return scheduler.required_utilisation(exclude=ended)
+    return scheduler.utilisation(exclude=ended)
 
 
 class CostModel:

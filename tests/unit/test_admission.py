@@ -10,7 +10,7 @@ class FakeScheduler:
     def __init__(self, util: float, threads: int = 1):
         self.util, self.max_inflight = util, threads
 
-    def utilisation(self) -> float:
+    def utilisation(self, exclude=()) -> float:
         return self.util
 
 
@@ -49,7 +49,7 @@ def test_pipeline_refused_when_its_engine_would_pass_the_target():
 class SheddingScheduler(FakeScheduler):
     """Busy 0.9 of the time, but only 0.5 of it work its stage could not shed (eager interims)."""
 
-    def required_utilisation(self) -> float:
+    def required_utilisation(self, exclude=()) -> float:
         return 0.5
 
 
