@@ -157,6 +157,13 @@ def baseline_env(checkout: str) -> dict:
     return {"PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
+def baseline_rev(checkout: str) -> str:
+    """The short commit id of the baseline checkout (for the result block), or ``?``."""
+    import subprocess
+    return subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=False).stdout.strip() or "?"
+
+
 def load_info(port) -> dict:
     import urllib.request
 
@@ -266,10 +273,7 @@ def main() -> int:
                          f"({r['sentences']}) | {r['budget_events']} | {r['errors']} | {r['refused']} |")
         server = " ".join(args.server_arg + [f"stream option asr.{kv}" for kv in args.asr_option])
         if args.baseline:
-            import subprocess
-            rev = subprocess.run(["git", "-C", args.baseline, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True).stdout.strip() or "?"
-            server = (server + " " if server else "") + f"(baseline = commit {rev})"
+            server = (server + " " if server else "") + f"(baseline = commit {baseline_rev(args.baseline)})"
         cmd = (f"python bench/asr_load.py --streams {' '.join(map(str, args.streams))} --seconds {args.seconds:g}"
                + "".join(f" --server-arg={a}" for a in args.server_arg) + (" --admission" if args.admission else "")
                + "".join(f" --asr-option {kv}" for kv in args.asr_option)

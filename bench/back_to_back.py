@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from voxserve.clients.audiofile import load_audio
 from voxserve.clients.client import VoxError, stream_source
 
-from bench.asr_load import baseline_env
+from bench.asr_load import baseline_env, baseline_rev
 from bench.common import SHARED, record, start_server
 
 
@@ -82,12 +82,7 @@ def main() -> int:
     print("\n".join(table))
     if args.record:
         cmd = "python bench/back_to_back.py " + " ".join(sys.argv[1:]).replace(" --record", "")
-        base = ""
-        if args.baseline:
-            import subprocess
-            rev = subprocess.run(["git", "-C", args.baseline, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True, check=False).stdout.strip() or "?"
-            base = f" (baseline = commit {rev})"
+        base = f" (baseline = commit {baseline_rev(args.baseline)})" if args.baseline else ""
         record("Back-to-back streams, admission on", cmd,
                f"Streams sent at speed 0 one after another{base}; a refused stream is retried after 0.5 s.\n\n"
                + "\n".join(table))
