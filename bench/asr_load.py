@@ -15,8 +15,10 @@ Reported per stream count:
 - **interim gaps**: seconds between consecutive interims while a segment is open (the first from the
   VAD's ``speech_start`` event), as the client sees them; those over 600 ms by what preceded them: the
   segment's first interim, a skipped (stale) interim in the gap, or neither.
-- **WER** of the finals over the sentences sent completely (each final belongs to the sentence its
-  audio overlaps most), normalised as in ``bench/asr_eval.py``.
+- **WER** of the finals over the sentences sent completely (sentences and the finals overlapping them in
+  time are compared as groups: a sentence split into several finals, or one final over several sentences
+  with ``--gap`` shorter than the VAD's hangover), normalised as in ``bench/asr_eval.py``; ``last_interim_wer`` the same for each
+  segment's last interim (what users read just before the final; it misses the words after it).
 - server CPU, budget events, errors.
 
     python bench/asr_load.py --streams 4 8 12 --seconds 60 [--server-arg=--asr-precision=fp32] [--record]
@@ -134,18 +136,14 @@ async def one(url, pcm, spans, seconds, delay, hangover_ms, out):
                 out["slow_gaps"].append({"cause": cause, "gap_ms": round(g), "latency_ms": e["latency"]["total_ms"],
                                          "audio_ms": None if last_end is None else e["end_ms"] - last_end})
             last, skipped, first, last_end = t, False, False, e["end_ms"]
-    # finals to the sentences sent completely
+    # finals, and each segment's last interim, to the sentences sent completely
     sent_end = n * FRAME
-    texts: dict[int, list[str]] = {}
-    for f in finals:
-        a, b = f["start_sample"], f["end_sample"]
-        overlaps = [max(0, min(b, e) - max(a, s)) for s, e, _ in spans]
-        k = int(np.argmax(overlaps))
-        if overlaps[k] > 0:
-            texts.setdefault(k, []).append(f["text"])
-    for k, (s, e, ref) in enumerate(spans):
-        if e + 16000 <= sent_end:
-            out["pairs"].append((ref, " ".join(texts.get(k, []))))
+    last_interims: dict[int, dict] = {}
+    for _, e in events:
+        if e.get("type") == "transcript_interim":
+            last_interims[e["start_sample"]] = e
+    for key, results in (("pairs", finals), ("interim_pairs", list(last_interims.values()))):
+        out[key] += aligned_pairs(spans, results, sent_end)
 
 
 def baseline_env(checkout: str) -> dict:
@@ -172,7 +170,7 @@ def load_info(port) -> dict:
 
 
 def new_out() -> dict:
-    return {"final_client_ms": [], "final_server_ms": [], "gaps_ms": [], "slow_gaps": [], "pairs": [], "errors": [], "budget": 0,
+    return {"final_client_ms": [], "final_server_ms": [], "gaps_ms": [], "slow_gaps": [], "pairs": [], "interim_pairs": [], "errors": [], "budget": 0,
             "refused": 0}
 
 
@@ -191,6 +189,25 @@ def warm_up(url, port, sentences, refs) -> dict:
             break
     time.sleep(3.0)
     return load_info(port)
+
+
+def aligned_pairs(spans, results, sent_end: int) -> list[tuple[str, str]]:
+    """(reference, hypothesis) pairs for WER: sentences and results (``start_sample``/``end_sample``,
+    ``text``) that overlap in time form groups (a sentence split into several segments, or one segment
+    over several sentences when they follow with short pauses), each group one pair, references and
+    texts in time order; groups with a sentence not sent completely (and 1 s after it) are left out."""
+    results = sorted(results, key=lambda r: r["start_sample"])
+    groups: list[tuple[list[int], list[int]]] = []          # (sentence indices, result indices)
+    for k, (s, e, _) in enumerate(spans):
+        touching = [i for i, r in enumerate(results) if min(e, r["end_sample"]) - max(s, r["start_sample"]) > 0]
+        joined = [g for g in groups if set(g[1]) & set(touching)]
+        merged = ([j for g in joined for j in g[0]] + [k], sorted({i for g in joined for i in g[1]} | set(touching)))
+        groups = [g for g in groups if g not in joined] + [merged]
+    pairs = []
+    for ks, rs in groups:
+        if all(spans[k][1] + 16000 <= sent_end for k in ks):
+            pairs.append((" ".join(spans[k][2] for k in sorted(ks)), " ".join(results[i]["text"] for i in rs)))
+    return pairs
 
 
 def run_level(streams, seconds, gap_s, extra_args, sentences, refs, env=None, admission=False):
@@ -225,7 +242,8 @@ def run_level(streams, seconds, gap_s, extra_args, sentences, refs, env=None, ad
             "interims_over_600ms": round(sum(g > 600 for g in gaps) / max(1, len(gaps)), 4),
             "over_600ms_by_cause": {c: sum(1 for x in out["slow_gaps"] if x["cause"] == c)
                                     for c in ("first", "after_skip", "other")},
-            "sentences": len(out["pairs"]), "wer": round(wer(out["pairs"]), 4), "budget_events": out["budget"],
+            "sentences": len(out["pairs"]), "wer": round(wer(out["pairs"]), 4),
+            "last_interim_wer": round(wer(out["interim_pairs"]), 4), "budget_events": out["budget"],
             "errors": len(out["errors"]), "refused": out["refused"], "admission": admission,
             "cost_per_stream": before.get("cost_per_stream"), "capacity_estimate": before.get("remaining_streams_estimate")}
 

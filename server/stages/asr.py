@@ -12,6 +12,12 @@ the same place, that result is the final, so the final arrives about one hangove
 goes on instead (a short pause inside running speech), that decode is shown as an interim of the
 segment up to the pause, not dropped.
 
+Interims after a pause: once a pause's decode has become an interim (speech went on), later interims of
+the segment decode only the audio since that pause and are shown after its words (``interim_from_pause``).
+An interim then costs what the audio since the segment's last pause costs, not the whole segment (the
+encoder sees its whole input: most of an interim's time on a CPU). Finals always decode the whole
+segment, so they are unchanged; measured in bench/RESULTS.md, "ASR: interims from the last pause".
+
 Stability: an interim's words that agreed with the previous interim become *stable* and are never
 retracted by later interims (``stable_text``); the rest is ``unstable_text``. The final is the
 recognizer's best full decode of the segment and may differ from the interims.
@@ -69,6 +75,9 @@ ASR_SCHEMA = PipelineSchema(
                                                     "measured latency) to be shown within it; an interim that "
                                                     "cannot make budget_partial_ms is skipped",
                min=100, max=10000),
+        Option("interim_from_pause", bool, True, "after a pause inside speech, interims decode only the audio "
+                                                 "since it and show it after the pause's decode (finals "
+                                                 "always decode the whole segment)"),
         Option("pre_roll_ms", int, 200, "audio before the VAD start included in a segment", min=0, max=1000,
                updatable=False),
         Option("max_segment_s", float, 20.0, "split longer speech at its quietest point (with pre_roll_ms, "
@@ -207,6 +216,12 @@ class _Segment:
         self.shown_at = opened_at               # clock time the user last saw an update (segment open, interim)
         self.latency_s = 0.0                    # the last interim's queue + compute time (seconds)
         self.work_s = 0.0                       # engine time of this segment's interims (for admission's cost)
+        # interim_from_pause: the latest pause whose decode came back (16 kHz position inside the segment),
+        # that decode's words and tokens, and the hint for the next decode of the audio after it
+        self.anchor_end: int | None = None
+        self.anchor_words: list[str] = []
+        self.anchor_tokens: list[int] = []
+        self.sub_tokens: list[int] | None = None
 
 
 class AsrStream(StageStream):
@@ -348,34 +363,49 @@ class AsrStream(StageStream):
         seg.speculative = None
         required = self._required_share(seg, spec_end)      # for admission, the interim it now is
         seg.last_interim_end = max(seg.last_interim_end, spec_end)
-        fut.add_done_callback(lambda f, s=seg, e=spec_end, t=t0, r=required: self._interim_done(s, e, t, f, r))
+        fut.add_done_callback(lambda f, s=seg, e=spec_end, t=t0, r=required:
+                              self._interim_done(s, e, t, f, r, pause=True))
 
     def _interim(self, end: int, priority: int = INTERIM) -> None:
         seg = self.seg
         assert seg is not None
         required = self._required_share(seg, end)
         seg.last_interim_end = end
-        audio = self.ctx.ring.read(seg.start, end)
+        # from the last pause whose decode is known (at least 0.3 s after it), else the whole segment
+        anchor = ((seg.anchor_end, seg.anchor_words, seg.anchor_tokens)
+                  if (self.opts["interim_from_pause"] and seg.anchor_end is not None
+                      and end - seg.anchor_end >= 4800) else None)
+        audio = self.ctx.ring.read(seg.start if anchor is None else anchor[0], end)
+        hint = seg.tokens if anchor is None else seg.sub_tokens
         t = self.ctx.clock()
         # among interims, the stream whose user has waited longest for an update goes first
-        fut = self.sched.submit((audio, seg.tokens), deadline=t + self.opts["budget_partial_ms"] / 1000.0, policy=SKIP,
+        fut = self.sched.submit((audio, hint), deadline=t + self.opts["budget_partial_ms"] / 1000.0, policy=SKIP,
                                 weight=len(audio) / 16000, priority=priority, required=required,
                                 rank=seg.shown_at + self.opts["interim_max_interval_ms"] / 1000.0,
                                 owner=self.ctx.session_id)
         seg.interim = fut
-        fut.add_done_callback(lambda f, s=seg, e=end, t0=t, r=required: self._interim_done(s, e, t0, f, r))
+        fut.add_done_callback(lambda f, s=seg, e=end, t0=t, r=required, a=anchor:
+                              self._interim_done(s, e, t0, f, r, anchor=a))
 
-    def _interim_done(self, seg: _Segment, end: int, t0: float, fut: asyncio.Future, required: float = 1.0) -> None:
+    def _interim_done(self, seg: _Segment, end: int, t0: float, fut: asyncio.Future, required: float = 1.0,
+                      anchor: tuple[int, list[str], list[int]] | None = None, pause: bool = False) -> None:
+        """A decode of the segment up to ``end`` came back: of all of it, or of the audio after a pause
+        only (``anchor``: that pause's position, words and tokens when the decode was asked for);
+        ``pause``: the decode made in a pause, which anchors later ones."""
         if seg.interim is fut:
             seg.interim = None
         if self.closed or fut.cancelled() or seg is not self.seg or seg.end is not None:
             return
-        if end <= seg.shown_end:
-            return                  # a later interim of this segment is already shown: never step back
         try:
             out = fut.result()
         except StageFailed:
             return
+        if pause and not out.skipped and (seg.anchor_end is None or end > seg.anchor_end):
+            # later interims start here, whether or not this one is still the newest to show
+            seg.anchor_end, seg.sub_tokens = end, None
+            seg.anchor_words, seg.anchor_tokens = out.value.text.split(), list(out.value.tokens)
+        if end <= seg.shown_end:
+            return                  # a later interim of this segment is already shown: never step back
         now = self.ctx.clock()
         m = self.stage.metrics
         if out.skipped:
@@ -393,12 +423,20 @@ class AsrStream(StageStream):
         m.stage_latency.labels("asr_partial").observe(now - t0)
         seg.shown_end = end
         seg.shown_at = now
-        seg.tokens = list(out.value.tokens)
+        words = out.value.text.split()
+        if anchor is None:
+            seg.tokens = list(out.value.tokens)
+        else:
+            # the whole segment's hypothesis (the next full decode's hint) is the pause's and this one's
+            at, anchor_words, anchor_tokens = anchor
+            if at == seg.anchor_end:             # (a later pause may have come back meanwhile)
+                seg.sub_tokens = list(out.value.tokens)
+            seg.tokens = anchor_tokens + list(out.value.tokens)
+            words = anchor_words + words
         seg.latency_s = now - t0
         self.stage.observe_interim_latency(seg.latency_s)
         # admission's cost is what this stream takes at the sparsest cadence (finals count in full)
         seg.work_s += out.marginal_s * required
-        words = out.value.text.split()
         norm = [_norm(w) for w in words]
         common = 0
         for a, b in zip(seg.prev_words, norm):

@@ -299,6 +299,42 @@ def test_a_pause_inside_speech_shows_the_speculative_decode_as_an_interim():
     assert ends == sorted(ends)                                      # never an older interim after a newer
 
 
+@pytest.mark.parametrize("from_pause", [True, False])
+def test_interims_after_a_pause_decode_only_the_audio_since_it(from_pause):
+    """interim_from_pause: once the decode made in a pause has come back, later interims of the segment
+    decode the audio from that pause on, shown after the pause's words (the fake names words by their
+    0.25 s block in what it is given, so the words tell what each decode was given); the final still
+    decodes the whole segment. Off, every interim decodes the whole segment."""
+    async def go():
+        s, stage = asr_session(interim_interval_ms=300, interim_max_interval_ms=500, interim_from_pause=from_pause)
+        stage.schedulers["asr"].start()
+        x = np.concatenate([sustained_voice(1.5), np.zeros(4000, np.float32), sustained_voice(2.5),
+                            np.zeros(16000, np.float32)])
+        await feed(s, x, pause=0.004)
+        await s.finish()
+        await stage.stop()
+        return drain(s)
+    events = asyncio.run(go())
+    interims = [e for e in events if e["type"] == "transcript_interim"]
+    finals = [e for e in events if e["type"] == "transcript"]
+    assert len(finals) == 1
+    start = finals[0]["start_ms"]
+    full_words = int((finals[0]["end_ms"] - start) * 16) // 4000
+    assert len(finals[0]["text"].split()) == full_words                # the final: the whole segment
+    paused = [i for i in interims if 1580 <= i["end_ms"] <= 1800]           # the pause's: speech end + 80 ms
+    assert len(paused) == 1, [i["end_ms"] for i in interims]
+    pause_end, pause_words = paused[0]["end_ms"], paused[0]["text"].split()
+    later = [i for i in interims if i["end_ms"] > pause_end + 300]
+    assert later
+    for i in later:
+        words = i["text"].split()
+        if from_pause:
+            assert words[:len(pause_words)] == pause_words
+            assert len(words) - len(pause_words) == int(round((i["end_ms"] - pause_end) * 16)) // 4000
+        else:
+            assert len(words) == int(round((i["end_ms"] - start) * 16)) // 4000
+
+
 def test_the_interim_replacing_a_skipped_one_goes_before_other_interims():
     """An interim skipped as stale (it waited past its budget in the queue) is replaced at once by one with the
     audio heard since, submitted at the overdue-interim priority: after finals, before every other interim,
