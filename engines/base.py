@@ -95,6 +95,12 @@ def host_array(value) -> np.ndarray:
     return to_numpy() if callable(to_numpy) else np.asarray(value)
 
 
+def value_shape(value) -> tuple[int, ...]:
+    """The shape of a numpy array or a device handle (an ``OrtValue``'s ``shape`` is a method)."""
+    shape = value.shape
+    return tuple(shape() if callable(shape) else shape)
+
+
 def stack_states(states: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Per-stream state maps (no batch axis) -> one batched map."""
     if not states:

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from voxserve.engines.base import EngineError, host_array, run_items
+from voxserve.engines.base import EngineError, host_array, run_items, value_shape
 from voxserve.engines.factory import create_engine
 
 from .tokenizer import Tokenizer
 
 TOKENS_PER_SECOND = 6.5
 LAYERS, HEADS, HEAD_DIM = 8, 8, 52
+DRAFT_MAX = 24          # hint tokens fed after the greedy one in a with-cache call (about 3.5 s of speech)
 
 
 def model_dir() -> Path:
@@ -179,6 +180,9 @@ class MoonshineModel:
                     break
         result: list[list[int]] = [list(prefix[r][1:accepted + 1]) for r in range(b)]
         nxt = pred[:, accepted]
+        if b == 1:
+            return [self._decode_drafted(feeds, outs, result[0], int(nxt[0]), list(hints[0] or []) if hints else [],
+                                         accepted, max_tokens)]
         keep = accepted + 1                                      # self-attention cache positions still valid
         prefix_len = k + 1
         done = np.zeros(b, bool)
@@ -208,3 +212,52 @@ class MoonshineModel:
             outs = self.decoder_step.infer_device(feeds, ("logits",))
             nxt = outs["logits"][:, -1, :].argmax(axis=-1)
         return result
+
+    def _decode_drafted(self, feeds: dict, outs: dict, result: list[int], nxt: int, hint: list[int],
+                        at: int, max_tokens: int) -> list[int]:
+        """One row's greedy decode after the first pass, with the rest of its hint as a draft: ``result``
+        holds the hint's accepted prefix, ``nxt`` the greedy token after it, ``at`` the hint position that
+        token stands for. Each with-cache call feeds ``nxt`` and the hint tokens expected after it; the
+        draft tokens greedy decoding agrees with are kept (the graph is causal over new tokens: one call
+        of n tokens gives the logits of n one-token calls), so a hint that differs in a token or two, e.g.
+        an interim whose punctuation changed, still saves a call per token after the difference. After a
+        difference the draft is re-found near the expected position (the token greedy chose, up to one
+        place back or three ahead; not found, ``nxt`` is taken to replace the hint's token). With no hint
+        left this is one token per call."""
+        cross = {name.replace("present", "past_key_values"): outs[name] for name in self._present
+                 if ".decoder." not in name}
+        valid = len(result) + 1                 # self-attention cache positions of accepted tokens (+ BOS)
+        while True:
+            if nxt == self.tokenizer.eos:
+                return result
+            result.append(nxt)
+            if _looping(result) or len(result) >= max_tokens:
+                return result
+            if not (at < len(hint) and hint[at] == nxt):
+                # the hint differs here: it lacks a token or has one too many (``nxt`` is found a little
+                # later or earlier), or ``nxt`` replaces its token ``at`` (not found)
+                near = [j for j in range(max(0, at - 1), min(len(hint), at + 4)) if hint[j] == nxt]
+                if near:
+                    at = min(near, key=lambda j: abs(j - at))
+            draft = hint[at + 1:at + 1 + min(DRAFT_MAX, max_tokens - len(result) - 1)]
+            for name in self._present:
+                if ".decoder." in name:
+                    cache = outs[name]
+                    if value_shape(cache)[2] != valid:                 # rejected draft (or hint) positions
+                        cache = host_array(cache)[:, :, :valid]
+                    feeds[name.replace("present", "past_key_values")] = cache
+            feeds.update(cross)
+            feeds["input_ids"] = np.array([[nxt] + draft], np.int64)
+            feeds["use_cache_branch"] = np.array([True])
+            outs = self.decoder_step.infer_device(feeds, ("logits",))
+            pred = outs["logits"][0].argmax(axis=-1)
+            kept = 0
+            while kept < len(draft) and pred[kept] == draft[kept]:
+                kept += 1
+            for tok in draft[:kept]:
+                result.append(int(tok))
+                if _looping(result):
+                    return result
+            valid += 1 + kept
+            nxt = int(pred[kept])
+            at += 1 + kept

@@ -14,6 +14,8 @@ segment up to the pause, not dropped.
 
 Interims after a pause: once a pause's decode has become an interim (speech went on), later interims of
 the segment decode only the audio since that pause and are shown after its words (``interim_from_pause``).
+Speech that runs on without a pause gets such a point about every ``interim_anchor_s`` of audio: that
+interim decodes the whole segment up to a quiet 100 ms in the audio it adds (most likely between two words).
 An interim then costs what the audio since the segment's last pause costs, not the whole segment (the
 encoder sees its whole input: most of an interim's time on a CPU). Finals always decode the whole
 segment, so they are unchanged; measured in bench/RESULTS.md, "ASR: interims from the last pause".
@@ -78,6 +80,10 @@ ASR_SCHEMA = PipelineSchema(
         Option("interim_from_pause", bool, True, "after a pause inside speech, interims decode only the audio "
                                                  "since it and show it after the pause's decode (finals "
                                                  "always decode the whole segment)"),
+        Option("interim_anchor_s", float, 3.0, "interim_from_pause in speech without pauses: after this much "
+                                               "audio since the last anchor, an interim decodes the segment up "
+                                               "to a quiet 100 ms in the audio it adds, and later ones start "
+                                               "there (0: only real pauses)", min=0.0, max=40.0),
         Option("pre_roll_ms", int, 200, "audio before the VAD start included in a segment", min=0, max=1000,
                updatable=False),
         Option("max_segment_s", float, 20.0, "split longer speech at its quietest point (with pre_roll_ms, "
@@ -366,6 +372,24 @@ class AsrStream(StageStream):
         fut.add_done_callback(lambda f, s=seg, e=spec_end, t=t0, r=required:
                               self._interim_done(s, e, t, f, r, pause=True))
 
+    def _anchor_point(self, seg: _Segment, end: int) -> int | None:
+        """interim_anchor_s: where an interim ending at ``end`` should stop instead, so that it anchors the
+        interims after it, or None. Once ``interim_anchor_s`` of audio has passed since the segment's start
+        or last anchor: the quietest 100 ms of the audio this interim adds (after the last one shown, so it
+        is shown too), if it is under a quarter of the median power since the anchor (most likely a gap
+        between words); after twice that much audio, the quietest there is."""
+        if not self.opts["interim_from_pause"] or self.opts["interim_anchor_s"] <= 0:
+            return None
+        base = seg.start if seg.anchor_end is None else seg.anchor_end
+        span = self.opts["interim_anchor_s"] * 16000
+        lo = max(seg.shown_end, base + 16000)
+        if end - base < span or end - lo < 2400:
+            return None
+        at, power = self._quietest(lo, end)
+        if end - base < 2 * span and power > 0.25 * float(np.median(self._energies(base, end))):
+            return None
+        return at
+
     def _interim(self, end: int, priority: int = INTERIM) -> None:
         seg = self.seg
         assert seg is not None
@@ -375,6 +399,9 @@ class AsrStream(StageStream):
         anchor = ((seg.anchor_end, seg.anchor_words, seg.anchor_tokens)
                   if (self.opts["interim_from_pause"] and seg.anchor_end is not None
                       and end - seg.anchor_end >= 4800) else None)
+        makes_anchor = self._anchor_point(seg, end)
+        if makes_anchor is not None:
+            anchor, end = None, makes_anchor
         audio = self.ctx.ring.read(seg.start if anchor is None else anchor[0], end)
         hint = seg.tokens if anchor is None else seg.sub_tokens
         t = self.ctx.clock()
@@ -384,14 +411,14 @@ class AsrStream(StageStream):
                                 rank=seg.shown_at + self.opts["interim_max_interval_ms"] / 1000.0,
                                 owner=self.ctx.session_id)
         seg.interim = fut
-        fut.add_done_callback(lambda f, s=seg, e=end, t0=t, r=required, a=anchor:
-                              self._interim_done(s, e, t0, f, r, anchor=a))
+        fut.add_done_callback(lambda f, s=seg, e=end, t0=t, r=required, a=anchor, p=makes_anchor is not None:
+                              self._interim_done(s, e, t0, f, r, anchor=a, pause=p))
 
     def _interim_done(self, seg: _Segment, end: int, t0: float, fut: asyncio.Future, required: float = 1.0,
                       anchor: tuple[int, list[str], list[int]] | None = None, pause: bool = False) -> None:
         """A decode of the segment up to ``end`` came back: of all of it, or of the audio after a pause
         only (``anchor``: that pause's position, words and tokens when the decode was asked for);
-        ``pause``: the decode made in a pause, which anchors later ones."""
+        ``pause``: a whole-segment decode up to a pause (or a quiet point), which anchors later ones."""
         if seg.interim is fut:
             seg.interim = None
         if self.closed or fut.cancelled() or seg is not self.seg or seg.end is not None:
@@ -458,14 +485,24 @@ class AsrStream(StageStream):
                        "latency": latency(out.queue_s, out.compute_s, now - t0), **self._stream_pos()}, True)
 
     # -- finals --------------------------------------------------------------------------------------
+    def _energies(self, lo: int, hi: int) -> list[float]:
+        """Mean power of each 100 ms of the audio between positions ``lo`` and ``hi`` (16 kHz), 50 ms apart."""
+        x = self.ctx.ring.read(lo, hi)
+        return [float(np.mean(x[i:i + 1600] ** 2)) for i in range(0, len(x) - 1600 + 1, 800)]
+
+    def _quietest(self, lo: int, hi: int) -> tuple[int, float]:
+        """The middle of the quietest 100 ms between positions ``lo`` and ``hi`` (16 kHz, 50 ms steps), and
+        its power: where speech without a pause most likely falls between two words."""
+        energies = self._energies(lo, hi)
+        if not energies:
+            return (lo + hi) // 2, 0.0
+        k = int(np.argmin(energies))
+        return lo + k * 800 + 800, energies[k]
+
     def _split(self, end: int) -> None:
         seg = self.seg
         assert seg is not None
-        lo = seg.start + int((end - seg.start) * 0.6)
-        x = self.ctx.ring.read(lo, end)
-        hop = 1600
-        energies = [float(np.mean(x[i:i + hop] ** 2)) for i in range(0, len(x) - hop + 1, hop // 2)]
-        cut = lo + (int(np.argmin(energies)) * hop // 2 + hop // 2 if energies else len(x) // 2)
+        cut, _ = self._quietest(seg.start + int((end - seg.start) * 0.6), end)
         command = seg.command
         self._close(cut, "max_length")
         self.seg = _Segment(cut, self.ctx.clock())

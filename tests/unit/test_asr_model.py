@@ -111,6 +111,33 @@ def test_teacher_forced_hint_gives_the_greedy_transcript_with_fewer_decoder_call
     assert wrong.tokens == model.transcribe([speech16k[:48000]])[0].tokens
 
 
+def test_a_hint_that_differs_midway_is_still_used_after_the_difference(speech16k):
+    """A hint with a token replaced, dropped or added midway (an interim whose punctuation or one word
+    changed): the transcript is the unhinted greedy one, and the hint after the difference still saves
+    decoder calls (it is re-found and fed as a draft), so fewer calls than a hint cut at the difference."""
+    model = MoonshineModel("onnxruntime-cpu")
+    calls = [0]
+    infer = model.decoder.infer_device
+
+    def counted(feeds, host):
+        calls[0] += 1
+        return infer(feeds, host)
+    model.decoder.infer_device = counted
+    x = speech16k                                     # 11 s, about 25 tokens
+    plain = model.transcribe([x])[0].tokens
+    assert len(plain) > 15
+    mid = len(plain) // 3
+    for hint in (plain[:mid] + [plain[mid] + 1] + plain[mid + 1:],      # one token replaced
+                 plain[:mid] + plain[mid + 1:],                           # one dropped
+                 plain[:mid] + [plain[mid] + 1] + plain[mid:]):           # one added
+        calls[0] = 0
+        assert model.transcribe([x], hints=[hint])[0].tokens == plain
+        drafted = calls[0]
+        calls[0] = 0
+        assert model.transcribe([x], hints=[plain[:mid]])[0].tokens == plain
+        assert drafted + 4 <= calls[0], (drafted, calls[0])
+
+
 def test_split_decoder_branches_match_the_merged_graph():
     """The no-cache and with-cache graphs cut out of the merged decoder give the merged graph's outputs
     (no sample audio needed: random encoder states and a random cache)."""

@@ -220,7 +220,9 @@ def test_interims_space_out_when_decodes_are_slow():
     about interim_max_interval_ms apart (500 by default) when that is the binding rule: the next decode then
     starts a frame or two early, by the measured latency, so it is shown within that interval."""
     async def gaps(model, **opts):
-        s, stage = asr_session(interim_interval_ms=300, budget_partial_ms=5000, **opts)
+        # (the spacing is read from the interims' ends; an anchoring interim ends at a quiet point behind
+        # the cadence, so anchors are off here: test_speech_without_pauses_is_anchored_at_its_quiet_points)
+        s, stage = asr_session(interim_interval_ms=300, budget_partial_ms=5000, interim_anchor_s=0.0, **opts)
         stage.model = model
         stage.schedulers["asr"].start()
         x = np.concatenate([sustained_voice(4.0), np.zeros(16000, np.float32)])    # one 4 s sound, then silence
@@ -333,6 +335,47 @@ def test_interims_after_a_pause_decode_only_the_audio_since_it(from_pause):
             assert len(words) - len(pause_words) == int(round((i["end_ms"] - pause_end) * 16)) // 4000
         else:
             assert len(words) == int(round((i["end_ms"] - start) * 16)) // 4000
+
+
+def test_speech_without_pauses_is_anchored_at_its_quiet_points():
+    """interim_anchor_s: speech with no pause the VAD hears (here one sound with three 100 ms dips to a tenth
+    of its level) still gets anchors: once interim_anchor_s of audio has passed since the last one, the
+    interim whose new audio holds a dip decodes the whole segment up to it, and the interims after it decode
+    from there on, shown after its words. A dip sooner than that (1.0 s) anchors nothing."""
+    async def go():
+        s, stage = asr_session(interim_interval_ms=300, interim_max_interval_ms=500, interim_anchor_s=2.0)
+        stage.schedulers["asr"].start()
+        voice = sustained_voice(5.5)
+        for a, b in ((1.0, 1.1), (2.2, 2.3), (4.4, 4.5)):
+            voice[int(a * 16000):int(b * 16000)] *= 0.1
+        await feed(s, np.concatenate([voice, np.zeros(16000, np.float32)]), pause=0.004)
+        await s.finish()
+        await stage.stop()
+        return drain(s)
+    events = asyncio.run(go())
+    interims = [e for e in events if e["type"] == "transcript_interim"]
+    finals = [e for e in events if e["type"] == "transcript"]
+    assert len(finals) == 1 and finals[0]["start_ms"] == 0
+    ends = [i["end_ms"] for i in interims]
+    dips = [[i for i in interims if abs(i["end_ms"] - centre) <= 50] for centre in (2250, 4450)]
+    assert not [i for i in interims if 1000 < i["end_ms"] < 1100]
+    assert all(len(d) == 1 for d in dips), ends
+    first, second = dips[0][0], dips[1][0]
+    assert len(first["text"].split()) == int(round(first["end_ms"] * 16)) // 4000      # the whole segment
+    for i in interims:
+        n, words = i["end_ms"], i["text"].split()
+        if first["end_ms"] + 300 <= n < second["end_ms"]:
+            base, at = first["text"].split(), first["end_ms"]
+        elif n >= second["end_ms"] + 300:
+            base = second["text"].split()
+            at = second["end_ms"]
+        else:
+            continue
+        assert words[:len(base)] == base
+        assert len(words) - len(base) == int(round((n - at) * 16)) // 4000, (n, words)
+    # the second anchor is itself a whole-segment decode (up to its dip): no seam inside it
+    assert len(second["text"].split()) == int(round(second["end_ms"] * 16)) // 4000
+    assert len(finals[0]["text"].split()) == int(round(finals[0]["end_ms"] * 16)) // 4000
 
 
 def test_the_interim_replacing_a_skipped_one_goes_before_other_interims():
