@@ -117,6 +117,18 @@ def drain(s):
     return [s.outbox.pop() for _ in range(len(s.outbox))]
 
 
+def asr_events(x: np.ndarray, **opts) -> list[dict]:
+    """Every event of one ASR stream fed ``x`` (16 kHz) frame by frame, 4 ms apart, then finished."""
+    async def go():
+        s, stage = asr_session(**opts)
+        stage.schedulers["asr"].start()
+        await feed(s, x, pause=0.004)
+        await s.finish()
+        await stage.stop()
+        return drain(s)
+    return asyncio.run(go())
+
+
 def test_asr_speculative_final_stable_prefix_and_order():
     async def go():
         s, stage = asr_session(interim_interval_ms=200)
@@ -282,16 +294,9 @@ def test_a_pause_inside_speech_shows_the_speculative_decode_as_an_interim():
     the final decode started in the pause is shown as an interim of the segment up to the pause when speech
     goes on, instead of being dropped (interims are suspended during the pause). Regular interims are set
     too far apart (3 s) to produce one before the pause ends."""
-    async def go():
-        s, stage = asr_session(interim_interval_ms=3000, interim_max_interval_ms=3000)
-        stage.schedulers["asr"].start()
-        x = np.concatenate([sustained_voice(1.5), np.zeros(4000, np.float32), sustained_voice(1.5),
-                            np.zeros(16000, np.float32)])
-        await feed(s, x, pause=0.004)
-        await s.finish()
-        await stage.stop()
-        return drain(s)
-    events = asyncio.run(go())
+    x = np.concatenate([sustained_voice(1.5), np.zeros(4000, np.float32), sustained_voice(1.5),
+                        np.zeros(16000, np.float32)])
+    events = asr_events(x, interim_interval_ms=3000, interim_max_interval_ms=3000)
     interims = [e for e in events if e["type"] == "transcript_interim"]
     finals = [e for e in events if e["type"] == "transcript"]
     assert len(finals) == 1 and finals[0]["end_ms"] > 3000           # one segment across the pause
@@ -307,16 +312,9 @@ def test_interims_after_a_pause_decode_only_the_audio_since_it(from_pause):
     decode the audio from that pause on, shown after the pause's words (the fake names words by their
     0.25 s block in what it is given, so the words tell what each decode was given); the final still
     decodes the whole segment. Off, every interim decodes the whole segment."""
-    async def go():
-        s, stage = asr_session(interim_interval_ms=300, interim_max_interval_ms=500, interim_from_pause=from_pause)
-        stage.schedulers["asr"].start()
-        x = np.concatenate([sustained_voice(1.5), np.zeros(4000, np.float32), sustained_voice(2.5),
-                            np.zeros(16000, np.float32)])
-        await feed(s, x, pause=0.004)
-        await s.finish()
-        await stage.stop()
-        return drain(s)
-    events = asyncio.run(go())
+    x = np.concatenate([sustained_voice(1.5), np.zeros(4000, np.float32), sustained_voice(2.5),
+                        np.zeros(16000, np.float32)])
+    events = asr_events(x, interim_interval_ms=300, interim_max_interval_ms=500, interim_from_pause=from_pause)
     interims = [e for e in events if e["type"] == "transcript_interim"]
     finals = [e for e in events if e["type"] == "transcript"]
     assert len(finals) == 1
@@ -342,17 +340,11 @@ def test_speech_without_pauses_is_anchored_at_its_quiet_points():
     of its level) still gets anchors: once interim_anchor_s of audio has passed since the last one, the
     interim whose new audio holds a dip decodes the whole segment up to it, and the interims after it decode
     from there on, shown after its words. A dip sooner than that (1.0 s) anchors nothing."""
-    async def go():
-        s, stage = asr_session(interim_interval_ms=300, interim_max_interval_ms=500, interim_anchor_s=2.0)
-        stage.schedulers["asr"].start()
-        voice = sustained_voice(5.5)
-        for a, b in ((1.0, 1.1), (2.2, 2.3), (4.4, 4.5)):
-            voice[int(a * 16000):int(b * 16000)] *= 0.1
-        await feed(s, np.concatenate([voice, np.zeros(16000, np.float32)]), pause=0.004)
-        await s.finish()
-        await stage.stop()
-        return drain(s)
-    events = asyncio.run(go())
+    voice = sustained_voice(5.5)
+    for a, b in ((1.0, 1.1), (2.2, 2.3), (4.4, 4.5)):
+        voice[int(a * 16000):int(b * 16000)] *= 0.1
+    events = asr_events(np.concatenate([voice, np.zeros(16000, np.float32)]),
+                        interim_interval_ms=300, interim_max_interval_ms=500, interim_anchor_s=2.0)
     interims = [e for e in events if e["type"] == "transcript_interim"]
     finals = [e for e in events if e["type"] == "transcript"]
     assert len(finals) == 1 and finals[0]["start_ms"] == 0
