@@ -10,8 +10,9 @@ Reported per stream count:
 - **final latency** measured at the client: arrival of a final minus the send time of the frame at which
   the end of speech is known, i.e. the VAD's hangover after the last speech frame (``min_silence_ms``,
   300 ms by default) has been sent. The final's ``end`` is the last speech frame + 80 ms of tail, so the
-  end is known at ``end + hangover - 80 ms``. The server's own figure (``latency.total_ms``, from its
-  end-of-utterance decision) is shown beside it.
+  end is known at ``end + hangover - 80 ms``; for a final of speech split at ``max_segment_s`` (reason
+  ``max_length``, cut at the quietest point before it), when the segment reached that length. The server's
+  own figure (``latency.total_ms``, from its end-of-utterance decision) is shown beside it.
 - **interim gaps**: seconds between consecutive interims while a segment is open (the first from the
   VAD's ``speech_start`` event), as the client sees them; those over 600 ms by what preceded them: the
   segment's first interim, a skipped (stale) interim in the gap, or neither.
@@ -58,6 +59,7 @@ from textnorm import wer  # noqa: E402
 FRAME = 320                      # 20 ms at 16 kHz
 ASR_OPTIONS: dict = {}           # per-stream asr options every stream sends (--asr-option)
 TAIL_MS = 80                     # what the ASR stage adds after the last speech frame (server/stages/asr.py)
+MAX_SEGMENT_S = 20.0             # asr.max_segment_s by default (server/stages/asr.py)
 
 
 def playlist(sentences, refs, first: int, seconds: float, gap_s: float):
@@ -97,6 +99,10 @@ async def one(url, pcm, spans, seconds, delay, hangover_ms, out):
                 if t == "transcript":
                     finals.append(ev)
                     known = ev["end_sample"] + (hangover_ms - TAIL_MS) * 16
+                    if ev.get("reason") == "max_length":
+                        # split at the quietest point of a segment that reached max_segment_s: the server
+                        # decides when the segment reaches that length, after the cut it then makes
+                        known = ev["start_sample"] + int(ASR_OPTIONS.get("max_segment_s", MAX_SEGMENT_S) * 16000)
                     idx = known // FRAME
                     if idx <= n and sent[min(idx, n)]:
                         out["final_client_ms"].append((now - sent[min(idx, n)]) * 1000)
