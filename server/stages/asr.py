@@ -27,8 +27,11 @@ Stability: an interim's words that agreed with the previous interim become *stab
 retracted by later interims (``stable_text``); the rest is ``unstable_text``. The final is the
 recognizer's best full decode of the segment and may differ from the interims.
 
-Long speech without pauses is split at the quietest 100 ms of the segment's last 40 % once it
-reaches ``max_segment_s``. Measured (bench/RESULTS.md): continuous speech decodes with 2-3 % WER up
+Long speech: once a segment holds ``split_at_pause_after_s`` (8 s), its next pause of 150 ms (shorter than
+the VAD's hangover) ends it, with the decode started in that pause as its final (reason ``endpoint``), and
+the speech after it is a new segment: users of dictation and captions get a final per phrase instead of
+one per 20 s, and a final's decode stays short. Long speech without pauses is split at the quietest
+100 ms of the segment's last 40 % once it reaches ``max_segment_s``. Measured (bench/RESULTS.md): continuous speech decodes with 2-3 % WER up
 to 44 s; the empty transcript on a 19.8 s clip came from a second of digital silence inside it,
 which VAD segmentation never keeps inside a segment.
 
@@ -62,6 +65,7 @@ from .base import Stage, StageStream, StreamContext, with_test_delay
 log = logging.getLogger("voxserve.asr")
 
 TAIL = 1280          # 80 ms of audio after the last speech frame go into a final
+LONG_PAUSE = 150     # ms of silence at which speech longer than split_at_pause_after_s ends
 BUCKET = 4000        # CPU: decode lengths are padded with silence to multiples of 0.25 s
 GPU_BUCKET = 16000   # GPU: 1 s (a batch of 16 costs about what one does there, so fewer, fuller batches pay)
 
@@ -94,6 +98,10 @@ ASR_SCHEMA = PipelineSchema(
         Option("max_segment_s", float, 20.0, "split longer speech at its quietest point (with pre_roll_ms, "
                                              "at most the server's ring_seconds - 1)", min=2.0, max=40.0,
                updatable=False),
+        Option("split_at_pause_after_s", float, 8.0, f"speech longer than this ends (a final, reason endpoint) at "
+                                                     f"its next pause of {LONG_PAUSE} ms, shorter than the VAD's "
+                                                     f"hangover (0: only at the hangover or max_segment_s)",
+               min=0.0, max=40.0, updatable=False),
         Option("speculate_after_ms", int, 90, "silence inside a segment after which the final decode starts",
                min=90, max=5000),
         Option("wake_timeout_s", float, 5.0, "after_wakeword: how long to wait for the command", min=0.5, max=30.0),
@@ -342,20 +350,25 @@ class AsrStream(StageStream):
                 self._promote_speculative()
             return False
         spec_end = min(end, vad.last_speech_end + TAIL)
-        if spec_end - seg.start < 1600:           # e.g. a split segment that holds no speech yet
-            return False
-        if seg.speculative is not None:
-            if seg.speculative[0] == spec_end:
-                return True
-            seg.speculative[1].cancel()          # superseded (speech went on): drop it if still queued
-        if seg.interim is not None:
-            # a queued interim would only delay the final; one already running is shown when it is done
-            self.sched.withdraw(seg.interim)
-        audio = self.ctx.ring.read(seg.start, spec_end)
-        fut = self.sched.submit((audio, seg.tokens), deadline=self.ctx.clock() + self.opts["budget_final_ms"] / 1000.0,
-                                policy=RUN_LATE, weight=len(audio) / 16000, priority=FINAL,
-                                owner=self.ctx.session_id)
-        seg.speculative = (spec_end, fut, self.ctx.clock())
+        if spec_end - seg.start < 1600:           # e.g. a split segment that holds no speech yet: nothing to
+            return True                           # decode in its silence
+        if seg.speculative is None or seg.speculative[0] != spec_end:
+            if seg.speculative is not None:
+                seg.speculative[1].cancel()      # superseded (speech went on): drop it if still queued
+            if seg.interim is not None:
+                # a queued interim would only delay the final; one already running is shown when it is done
+                self.sched.withdraw(seg.interim)
+            audio = self.ctx.ring.read(seg.start, spec_end)
+            fut = self.sched.submit((audio, seg.tokens),
+                                    deadline=self.ctx.clock() + self.opts["budget_final_ms"] / 1000.0,
+                                    policy=RUN_LATE, weight=len(audio) / 16000, priority=FINAL,
+                                    owner=self.ctx.session_id)
+            seg.speculative = (spec_end, fut, self.ctx.clock())
+        split_s = self.opts["split_at_pause_after_s"]
+        if split_s > 0 and silence >= LONG_PAUSE * 16 and spec_end - seg.start >= split_s * 16000:
+            # long speech: this pause ends the utterance (the decode under way is its final); what follows
+            # is a new segment, as after a max_segment_s split
+            self._split_at(spec_end, "endpoint")
         return True
 
     def _required_share(self, seg: _Segment, end: int) -> float:
@@ -508,8 +521,14 @@ class AsrStream(StageStream):
         seg = self.seg
         assert seg is not None
         cut, _ = self._quietest(seg.start + int((end - seg.start) * 0.6), end)
-        command = seg.command
-        self._close(cut, "max_length")
+        self._split_at(cut, "max_length")
+
+    def _split_at(self, cut: int, reason: str) -> None:
+        """Close the open segment at ``cut`` (its final, for ``reason``) and open the next one there, while the
+        VAD still hears the same speech."""
+        assert self.seg is not None
+        command = self.seg.command
+        self._close(cut, reason)
         self.seg = _Segment(cut, self.ctx.clock())
         self.seg.command = command
 

@@ -370,6 +370,26 @@ def test_speech_without_pauses_is_anchored_at_its_quiet_points():
     assert len(finals[0]["text"].split()) == int(round(finals[0]["end_ms"] * 16)) // 4000
 
 
+@pytest.mark.parametrize("split_s", [8.0, 0.0])
+def test_long_speech_ends_at_its_next_pause(split_s):
+    """split_at_pause_after_s: pauses of 300 ms of digital silence at 3 s and 9.1 s, which the VAD hears as
+    180 ms (its own smoothing keeps the first frames), longer than 150 ms and shorter than its 300 ms
+    hangover. The first comes before 8 s of speech and ends nothing; the second ends the utterance there (a
+    final with reason endpoint, the decode made in the pause) and the speech after it is the next final.
+    Off, the VAD's hangover alone ends speech: one final."""
+    gap = np.zeros(4800, np.float32)
+    x = np.concatenate([sustained_voice(3.0), gap, sustained_voice(5.8), gap, sustained_voice(1.5),
+                        np.zeros(16000, np.float32)])
+    finals = [e for e in asr_events(x, interims=False, split_at_pause_after_s=split_s) if e["type"] == "transcript"]
+    if split_s:
+        assert [f["reason"] for f in finals] == ["endpoint", "endpoint"], finals
+        assert 9100 <= finals[0]["end_ms"] <= 9400 and finals[0]["speculative"]
+        assert finals[1]["start_ms"] == finals[0]["end_ms"] and finals[1]["end_ms"] > 10700
+        assert [f["id"] for f in finals] == [0, 1]
+    else:
+        assert len(finals) == 1 and finals[0]["end_ms"] > 10700
+
+
 def test_the_interim_replacing_a_skipped_one_goes_before_other_interims():
     """An interim skipped as stale (it waited past its budget in the queue) is replaced at once by one with the
     audio heard since, submitted at the overdue-interim priority: after finals, before every other interim,
