@@ -224,8 +224,9 @@ class MoonshineModel:
         difference the draft is re-found near the expected position (the token greedy chose, up to one
         place back or three ahead; not found, ``nxt`` is taken to replace the hint's token). With no hint
         left this is one token per call."""
-        cross = {name.replace("present", "past_key_values"): outs[name] for name in self._present
-                 if ".decoder." not in name}
+        # the cross-attention cache comes from the first pass only (later passes return placeholders for it)
+        feeds.update({name.replace("present", "past_key_values"): outs[name] for name in self._present
+                      if ".decoder." not in name})
         valid = len(result) + 1                 # self-attention cache positions of accepted tokens (+ BOS)
         size = DRAFT_START                      # draft tokens per call: doubled while all are kept, cut when none
         while True:
@@ -247,7 +248,6 @@ class MoonshineModel:
                     if value_shape(cache)[2] != valid:                 # rejected draft (or hint) positions
                         cache = host_array(cache)[:, :, :valid]
                     feeds[name.replace("present", "past_key_values")] = cache
-            feeds.update(cross)
             feeds["input_ids"] = np.array([[nxt] + draft], np.int64)
             feeds["use_cache_branch"] = np.array([True])
             outs = self.decoder_step.infer_device(feeds, ("logits",))

@@ -14,14 +14,14 @@ segment up to the pause, not dropped.
 
 Interims after a pause: once a pause's decode has become an interim (speech went on), later interims of
 the segment decode only the audio since that pause and are shown after its words (``interim_from_pause``).
+An interim then costs what the audio since the segment's last pause costs, not the whole segment (the
+encoder sees its whole input: most of an interim's time on a CPU). Finals always decode the whole
+segment, so they are unchanged; measured in bench/RESULTS.md, "ASR: interims from the last pause".
 With ``interim_anchor_s`` > 0 (off by default), speech that runs on without a pause gets such a point
 about every ``interim_anchor_s`` of audio: that interim decodes the whole segment up to a quiet 100 ms in
 the audio it adds (most likely between two words). Measured at 3 s on 12 streams of a 2-core VM: about
 10 points fewer interims later than 600 ms, but final p95 about 50 ms later and the last interim's WER
 about 4 points worse (seams), so it is not the default (RESULTS, "ASR: quiet-point anchors").
-An interim then costs what the audio since the segment's last pause costs, not the whole segment (the
-encoder sees its whole input: most of an interim's time on a CPU). Finals always decode the whole
-segment, so they are unchanged; measured in bench/RESULTS.md, "ASR: interims from the last pause".
 
 Stability: an interim's words that agreed with the previous interim become *stable* and are never
 retracted by later interims (``stable_text``); the rest is ``unstable_text``. The final is the
@@ -31,8 +31,8 @@ Long speech: once a segment holds ``split_at_pause_after_s`` (8 s), its next pau
 the VAD's hangover) ends it, with the decode started in that pause as its final (reason ``endpoint``), and
 the speech after it is a new segment: users of dictation and captions get a final per phrase instead of
 one per 20 s, and a final's decode stays short. Long speech without pauses is split at the quietest
-100 ms of the segment's last 40 % once it reaches ``max_segment_s``. Measured (bench/RESULTS.md): continuous speech decodes with 2-3 % WER up
-to 44 s; the empty transcript on a 19.8 s clip came from a second of digital silence inside it,
+100 ms of the segment's last 40 % once it reaches ``max_segment_s``. Measured (bench/RESULTS.md):
+continuous speech decodes with 2-3 % WER up to 44 s; the empty transcript on a 19.8 s clip came from a second of digital silence inside it,
 which VAD segmentation never keeps inside a segment.
 
 Wake-gated mode (``mode = after_wakeword``): segments are ignored until a ``wakeword`` event; the
@@ -388,7 +388,7 @@ class AsrStream(StageStream):
         required = self._required_share(seg, spec_end)      # for admission, the interim it now is
         seg.last_interim_end = max(seg.last_interim_end, spec_end)
         fut.add_done_callback(lambda f, s=seg, e=spec_end, t=t0, r=required:
-                              self._interim_done(s, e, t, f, r, pause=True))
+                              self._interim_done(s, e, t, f, r, anchors=True))
 
     def _anchor_point(self, seg: _Segment, end: int) -> int | None:
         """interim_anchor_s: where an interim ending at ``end`` should stop instead, so that it anchors the
@@ -413,13 +413,14 @@ class AsrStream(StageStream):
         assert seg is not None
         required = self._required_share(seg, end)
         seg.last_interim_end = end
-        # from the last pause whose decode is known (at least 0.3 s after it), else the whole segment
-        anchor = ((seg.anchor_end, seg.anchor_words, seg.anchor_tokens)
-                  if (self.opts["interim_from_pause"] and seg.anchor_end is not None
-                      and end - seg.anchor_end >= 4800) else None)
-        makes_anchor = self._anchor_point(seg, end)
-        if makes_anchor is not None:
-            anchor, end = None, makes_anchor
+        # the whole segment up to a new anchor point; else from the last pause whose decode is known (at
+        # least 0.3 s after it); else the whole segment
+        quiet = self._anchor_point(seg, end)
+        anchor = None
+        if quiet is not None:
+            end = quiet
+        elif self.opts["interim_from_pause"] and seg.anchor_end is not None and end - seg.anchor_end >= 4800:
+            anchor = (seg.anchor_end, seg.anchor_words, seg.anchor_tokens)
         audio = self.ctx.ring.read(seg.start if anchor is None else anchor[0], end)
         hint = seg.tokens if anchor is None else seg.sub_tokens
         t = self.ctx.clock()
@@ -429,14 +430,14 @@ class AsrStream(StageStream):
                                 rank=seg.shown_at + self.opts["interim_max_interval_ms"] / 1000.0,
                                 owner=self.ctx.session_id)
         seg.interim = fut
-        fut.add_done_callback(lambda f, s=seg, e=end, t0=t, r=required, a=anchor, p=makes_anchor is not None:
-                              self._interim_done(s, e, t0, f, r, anchor=a, pause=p))
+        fut.add_done_callback(lambda f, s=seg, e=end, t0=t, r=required, a=anchor, q=quiet is not None:
+                              self._interim_done(s, e, t0, f, r, anchor=a, anchors=q))
 
     def _interim_done(self, seg: _Segment, end: int, t0: float, fut: asyncio.Future, required: float = 1.0,
-                      anchor: tuple[int, list[str], list[int]] | None = None, pause: bool = False) -> None:
+                      anchor: tuple[int, list[str], list[int]] | None = None, anchors: bool = False) -> None:
         """A decode of the segment up to ``end`` came back: of all of it, or of the audio after a pause
         only (``anchor``: that pause's position, words and tokens when the decode was asked for);
-        ``pause``: a whole-segment decode up to a pause (or a quiet point), which anchors later ones."""
+        ``anchors``: a whole-segment decode up to a pause (or a quiet point), which anchors later ones."""
         if seg.interim is fut:
             seg.interim = None
         if self.closed or fut.cancelled() or seg is not self.seg or seg.end is not None:
@@ -445,7 +446,7 @@ class AsrStream(StageStream):
             out = fut.result()
         except StageFailed:
             return
-        if pause and not out.skipped and (seg.anchor_end is None or end > seg.anchor_end):
+        if anchors and not out.skipped and (seg.anchor_end is None or end > seg.anchor_end):
             # later interims start here, whether or not this one is still the newest to show
             seg.anchor_end, seg.sub_tokens = end, None
             seg.anchor_words, seg.anchor_tokens = out.value.text.split(), list(out.value.tokens)
