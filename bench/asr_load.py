@@ -16,6 +16,8 @@ Reported per stream count:
 - **interim gaps**: seconds between consecutive interims while a segment is open (the first from the
   VAD's ``speech_start`` event), as the client sees them; those over 600 ms by what preceded them: the
   segment's first interim, a skipped (stale) interim in the gap, or neither.
+- **interim age**: how old the newest audio an interim shows is when it arrives (arrival minus the send
+  time of the frame holding its ``end``): what a user reading the captions waits for a word, beside the gaps.
 - **WER** of the finals over the sentences sent completely (sentences and the finals overlapping them in
   time are compared as groups: a sentence split into several finals, or one final over several sentences
   with ``--gap`` shorter than the VAD's hangover), normalised as in ``bench/asr_eval.py``; ``last_interim_wer`` the same for each
@@ -142,6 +144,9 @@ async def one(url, pcm, spans, seconds, delay, hangover_ms, out):
                 out["slow_gaps"].append({"cause": cause, "gap_ms": round(g), "latency_ms": e["latency"]["total_ms"],
                                          "audio_ms": None if last_end is None else e["end_ms"] - last_end})
             last, skipped, first, last_end = t, False, False, e["end_ms"]
+        if e.get("type") == "transcript_interim" and 0 < e["end_sample"] <= n * FRAME:
+            # how old the newest audio it shows is when it arrives (from the send of the frame holding it)
+            out["interim_age_ms"].append((t - sent[(e["end_sample"] - 1) // FRAME]) * 1000)
     # finals, and each segment's last interim, to the sentences sent completely
     sent_end = n * FRAME
     last_interims: dict[int, dict] = {}
@@ -176,7 +181,7 @@ def load_info(port) -> dict:
 
 
 def new_out() -> dict:
-    return {"final_client_ms": [], "final_server_ms": [], "gaps_ms": [], "slow_gaps": [], "pairs": [], "interim_pairs": [], "errors": [], "budget": 0,
+    return {"final_client_ms": [], "final_server_ms": [], "gaps_ms": [], "interim_age_ms": [], "slow_gaps": [], "pairs": [], "interim_pairs": [], "errors": [], "budget": 0,
             "refused": 0}
 
 
@@ -246,6 +251,7 @@ def run_level(streams, seconds, gap_s, extra_args, sentences, refs, env=None, ad
             "final_server_ms": percentiles(out["final_server_ms"], (50, 95, 99)),
             "interim_gap_ms": percentiles(gaps, (50, 95, 99)), "interim_gap_max_ms": round(max(gaps), 1) if gaps else None,
             "interims_over_600ms": round(sum(g > 600 for g in gaps) / max(1, len(gaps)), 4),
+            "interim_age_ms": percentiles(out["interim_age_ms"], (50, 95, 99)),
             "over_600ms_by_cause": {c: sum(1 for x in out["slow_gaps"] if x["cause"] == c)
                                     for c in ("first", "after_skip", "other")},
             "sentences": len(out["pairs"]), "wer": round(wer(out["pairs"]), 4),

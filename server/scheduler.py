@@ -14,8 +14,15 @@ waits inside a batch for unrelated work that merely happened to be queued with i
 
 Policies when a deadline cannot be met (checked when a batch is formed, using the measured batch
 time): ``run_late`` runs it anyway and marks it late (finals are never dropped); ``skip`` resolves it
-as skipped without running (the stage then does its fallback: drop a stale partial, pass audio
-through unconverted). Failures: if ``run_batch`` raises, every request of that batch fails with
+as skipped without running (the stage then does its fallback: pass audio through unconverted).
+
+Late binding: a request submitted with ``bind`` has its payload made when a batch is formed, not when
+it was queued (ASR interims: the segment up to the newest audio, so a request that waited in the queue
+decodes what has been heard meanwhile instead of going stale). ``bind()`` returns ``(payload, weight,
+required)``, or None when the work is no longer wanted (the request is then cancelled). It may be called
+more than once for one request (a request whose bound payload has another ``batch_key`` stays queued and
+is bound again later), so it must not change anything that the last call would not set the same way. A
+bound request is never skipped: past its deadline it runs, marked late. Failures: if ``run_batch`` raises, every request of that batch fails with
 :class:`StageFailed` (nobody hangs); if it returns an ``Exception`` in one slot, only that request fails.
 Watchdog: a call that runs longer than ``timeout_s`` fails its requests with :class:`StageFailed`; its
 thread is abandoned (a Python thread cannot be killed) and the scheduler goes on with a fresh one.
@@ -120,6 +127,7 @@ class _Request:
     enqueued: float = field(compare=False)
     future: asyncio.Future = field(compare=False)
     owner: Any = field(default=None, compare=False)
+    bind: Callable[[], tuple[Any, float, float] | None] | None = field(default=None, compare=False)
 
 
 class BatchScheduler:
@@ -197,7 +205,8 @@ class BatchScheduler:
     # -- submission ----------------------------------------------------------------------------------
     def submit(self, payload: Any, *, deadline: float, policy: str = RUN_LATE, weight: float = 1.0,
                priority: int = 0, required: float = 1.0, rank: float | None = None,
-               owner: Any = None) -> asyncio.Future:
+               owner: Any = None, bind: Callable[[], tuple[Any, float, float] | None] | None = None
+               ) -> asyncio.Future:
         """Queue one request; the returned future resolves to an :class:`Outcome`. ``weight`` is the
         request's share of work relative to others (e.g. the number of wakeword steps it carries);
         ``priority``: lower runs first whatever the deadlines (then earliest deadline first);
@@ -207,13 +216,15 @@ class BatchScheduler:
         clock): the order within one priority when it is not the deadline (ASR interims: when the user
         would otherwise wait too long for an update), earliest first; the deadline still decides
         ``skip`` and lateness. ``owner`` (hashable, e.g. the stream's session id): whose work this is, so
-        :meth:`utilisation` can leave out the work of streams that have ended (``exclude``)."""
+        :meth:`utilisation` can leave out the work of streams that have ended (``exclude``). ``bind``: late
+        binding (see the module's docstring); ``payload``, ``weight`` and ``required`` are then replaced
+        by what it returns when the request is taken."""
         if self._task is None:
             self.start()
         fut = asyncio.get_running_loop().create_future()
         heapq.heappush(self._heap, _Request(priority, deadline if rank is None else rank, next(self._seq), deadline,
                                             payload, policy, weight,
-                                            min(1.0, max(0.0, required)), self.clock(), fut, owner))
+                                            min(1.0, max(0.0, required)), self.clock(), fut, owner, bind))
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
         return fut
@@ -271,7 +282,14 @@ class BatchScheduler:
             req = heapq.heappop(self._heap)
             if req.future.done():                        # cancelled by its stream
                 continue
-            if req.policy == SKIP and now + est > req.deadline:
+            if req.bind is not None:
+                bound = req.bind()
+                if bound is None:                        # no longer wanted
+                    req.future.cancel()
+                    continue
+                req.payload, req.weight, required = bound
+                req.required = min(1.0, max(0.0, required))
+            elif req.policy == SKIP and now + est > req.deadline:
                 req.future.set_result(Outcome(None, now - req.enqueued, 0.0, 0, late=True, skipped=True))
                 continue
             if self.batch_key is not None:

@@ -141,6 +141,29 @@ async def test_rank_orders_within_a_priority_and_the_deadline_still_decides_skip
     await s.stop()
 
 
+async def test_a_bound_request_gets_its_payload_when_it_is_taken():
+    """Late binding: ``bind`` makes the payload when a batch is formed. A request that waited behind a slow
+    call runs with what its binder returns then (3, not the 1 it was queued with), even past its deadline
+    (it is never skipped, only marked late); its key is the bound payload's, so it joins the batch of that
+    key; a binder that returns None cancels its request."""
+    rec = Recorder(delay=0.05)
+    s = BatchScheduler("t", rec, max_batch=8, max_wait_s=0.0, batch_key=lambda x: x % 2)
+    now = time.perf_counter()
+    state = {"value": 1}
+    first = s.submit(0, deadline=now + 10)                       # holds the only slot for 50 ms
+    await asyncio.sleep(0.01)
+    bound = s.submit(1, deadline=now, policy=SKIP, bind=lambda: (state["value"], 2.0, 0.5))
+    gone = s.submit(5, deadline=now + 10, policy=SKIP, bind=lambda: None)
+    odd = s.submit(7, deadline=now + 10)
+    state["value"] = 3                                           # what has arrived meanwhile
+    outs = await asyncio.gather(first, bound, odd)
+    assert rec.batches == [[0], [3, 7]]
+    assert outs[1].value == 30 and outs[1].late and not outs[1].skipped
+    assert outs[1].share == pytest.approx(2.0 / 3.0)            # the bound weight (7 has weight 1)
+    assert gone.cancelled()
+    await s.stop()
+
+
 async def test_batch_key_keeps_unrelated_work_out_of_a_batch():
     """A batch holds the first request (by priority, deadline) and only requests with its key; the rest
     stay queued for the next batch in their own order."""
