@@ -269,13 +269,15 @@ def main() -> int:
     ap.add_argument("--baseline", help="a source checkout of older code, measured before each level")
     ap.add_argument("--admission", action="store_true",
                     help="run the server with admission on (as users do), warmed up first; refusals are reported")
-    ap.add_argument("--asr-option", action="append", default=[], metavar="KEY=INT",
-                    help="a per-stream asr option every stream sets, e.g. interim_max_interval_ms=400")
+    ap.add_argument("--asr-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a per-stream asr option every stream sets, e.g. interim_max_interval_ms=400 or "
+                         "interim_latest_audio=true (a number, true or false)")
     ap.add_argument("--record", action="store_true")
     args = ap.parse_args()
     for kv in args.asr_option:
         key, _, value = kv.partition("=")
-        ASR_OPTIONS[key] = int(value)
+        ASR_OPTIONS[key] = (value == "true" if value in ("true", "false")
+                            else float(value) if "." in value else int(value))
     install_uvloop()
     rows = [r for r in csv.DictReader(open(SHARED / "eval" / "speech" / "manifest.tsv"), delimiter="\t")
             if "alphanumeric" not in r["path"]]

@@ -2,9 +2,9 @@
 
 Data path per stream: VAD ``speech_start`` opens a segment (with ``pre_roll_ms`` of audio before it)
 -> while it is open, every ``interim_interval_ms`` of new audio the whole segment so far is decoded
-(interim; budget policy **skip**: an interim that waited in the queue too long to be shown within
-``budget_partial_ms`` of its audio is dropped, and the newest audio is decoded in its place in the queue,
-bound when the scheduler takes it) -> VAD ``speech_end``,
+(interim; budget policy **skip**: a stale interim is dropped, and one with the newer audio takes its place
+at once; with ``interim_latest_audio`` each interim reads its audio when its decode starts instead) -> VAD
+``speech_end``,
 ``flush``, ``stop`` or ``max_segment_s`` closes it -> the segment is decoded once more (final; policy
 **run late**: finals are never dropped) -> ``transcript`` with a stable id.
 
@@ -90,7 +90,7 @@ ASR_SCHEMA = PipelineSchema(
                                                     "not when it was queued: under load the newest words show "
                                                     "sooner (measured at 12 streams on 2 cores: interim age "
                                                     "p50 about 200 -> 120 ms), but each interim then covers more "
-                                                    "audio, so they come a little less often (RESULTS)"),
+                                                    "audio, so they come less often (RESULTS)"),
         Option("interim_from_pause", bool, True, "after a pause inside speech, interims decode only the audio "
                                                  "since it and show it after the pause's decode (finals "
                                                  "always decode the whole segment)"),
@@ -134,8 +134,9 @@ def asr_int8(settings) -> bool:
     return "CUDAExecutionProvider" not in ort.get_available_providers()
 
 
-# scheduler priorities: finals before interims
-FINAL, INTERIM = 0, 1
+# scheduler priorities: finals, then the interim replacing one that was skipped (its stream has waited
+# longest for an update), then the other interims
+FINAL, OVERDUE_INTERIM, INTERIM = 0, 1, 2
 
 
 class AsrStage(Stage):
@@ -415,42 +416,36 @@ class AsrStream(StageStream):
             return None
         return at
 
-    def _interim(self, end: int) -> None:
-        """Queue an interim of the open segment up to ``end``. Its payload is bound when the scheduler takes
-        it: if by then it could not be shown within ``budget_partial_ms`` of its audio, it decodes the segment
-        up to the newest audio instead (the stale interim is skipped, its replacement keeps its place in
-        the queue)."""
+    def _interim(self, end: int, priority: int = INTERIM) -> None:
+        """Queue an interim of the open segment up to ``end``. One that waits in the queue too long to be
+        shown within ``budget_partial_ms`` is skipped and replaced (:meth:`_interim_done`). With
+        ``interim_latest_audio`` its payload is bound when the scheduler takes it instead: the segment up to
+        the newest audio then (never stale, so never skipped)."""
         seg = self.seg
         assert seg is not None
         base = seg.last_interim_end           # the required share counts the audio since the last interim
-        seg.last_interim_end = end
         job: dict = {}
-        t = self.ctx.clock()
 
-        def take(upto: int, stale: bool = False):
-            job.update(self._plan(seg, upto), required=self._required_share(seg, upto, base), stale=stale)
+        def take(upto: int):
+            job.update(self._plan(seg, upto), required=self._required_share(seg, upto, base))
             seg.last_interim_end = upto
             return job["payload"], len(job["payload"][0]) / 16000, job["required"]
 
         def bind():
             if self.closed or seg is not self.seg or seg.end is not None or seg.speculative is not None:
                 return None                   # the segment closed, or its final decode is under way
-            # stale (it cannot be shown within budget_partial_ms of its audio): decode the newest audio
-            # instead, in its place in the queue; with interim_latest_audio, every interim does
-            stale = self.ctx.clock() - t + self.sched.expected_batch_s() > self.opts["budget_partial_ms"] / 1000.0
-            if stale or self.opts["interim_latest_audio"]:
-                return take(max(end, self.ctx.ring.end), stale=stale)
-            return take(end)
+            return take(max(end, self.ctx.ring.end))
 
         payload, weight, required = take(end)
+        t = self.ctx.clock()
         # among interims, the stream whose user has waited longest for an update goes first
         fut = self.sched.submit(payload, deadline=t + self.opts["budget_partial_ms"] / 1000.0, policy=SKIP,
-                                weight=weight, priority=INTERIM, required=required,
+                                weight=weight, priority=priority, required=required,
                                 rank=seg.shown_at + self.opts["interim_max_interval_ms"] / 1000.0,
-                                owner=self.ctx.session_id, bind=bind)
+                                owner=self.ctx.session_id, bind=bind if self.opts["interim_latest_audio"] else None)
         seg.interim = fut
         fut.add_done_callback(lambda f, s=seg, j=job, t0=t: self._interim_done(
-            s, j["end"], t0, f, j["required"], anchor=j["anchor"], anchors=j["quiet"], stale=j["stale"]))
+            s, j["end"], t0, f, j["required"], anchor=j["anchor"], anchors=j["quiet"]))
 
     def _plan(self, seg: _Segment, end: int) -> dict:
         """What an interim of ``seg`` up to ``end`` decodes: the whole segment up to a new anchor point; else
@@ -467,12 +462,10 @@ class AsrStream(StageStream):
         return {"end": end, "payload": (audio, hint), "anchor": anchor, "quiet": quiet is not None}
 
     def _interim_done(self, seg: _Segment, end: int, t0: float, fut: asyncio.Future, required: float = 1.0,
-                      anchor: tuple[int, list[str], list[int]] | None = None, anchors: bool = False,
-                      stale: bool = False) -> None:
+                      anchor: tuple[int, list[str], list[int]] | None = None, anchors: bool = False) -> None:
         """A decode of the segment up to ``end`` came back: of all of it, or of the audio after a pause
         only (``anchor``: that pause's position, words and tokens when the decode was asked for);
-        ``anchors``: a whole-segment decode up to a pause (or a quiet point), which anchors later ones;
-        ``stale``: it waited past its budget and was bound to the audio heard by then."""
+        ``anchors``: a whole-segment decode up to a pause (or a quiet point), which anchors later ones."""
         if seg.interim is fut:
             seg.interim = None
         if self.closed or fut.cancelled() or seg is not self.seg or seg.end is not None:
@@ -481,7 +474,7 @@ class AsrStream(StageStream):
             out = fut.result()
         except StageFailed:
             return
-        if anchors and (seg.anchor_end is None or end > seg.anchor_end):
+        if anchors and not out.skipped and (seg.anchor_end is None or end > seg.anchor_end):
             # later interims start here, whether or not this one is still the newest to show
             seg.anchor_end, seg.sub_tokens = end, None
             seg.anchor_words, seg.anchor_tokens = out.value.text.split(), list(out.value.tokens)
@@ -489,12 +482,18 @@ class AsrStream(StageStream):
             return                  # a later interim of this segment is already shown: never step back
         now = self.ctx.clock()
         m = self.stage.metrics
-        if stale:
-            # it waited past its budget: the interim due then was skipped (this one, bound when it started,
-            # shows the audio heard since instead; its latency, over the budget, spaces the next ones out)
+        if out.skipped:
+            # back off harder: space this segment's interims at least as if they took half the budget
+            seg.latency_s = max(2.0 * seg.latency_s, self.opts["budget_partial_ms"] / 2000.0)
             self.stage.budget_missed("asr_partial", "skip", holds_admission=False)   # shedding by design
             self.ctx.emit({"type": "budget", "stage": "asr_partial", "budget_ms": self.opts["budget_partial_ms"],
-                           "observed_ms": round(out.queue_s * 1000, 1), "action": "skip"}, True)
+                           "observed_ms": round((now - t0) * 1000, 1), "action": "skip"}, True)
+            # the skipped one was stale; one with the audio heard since takes its place at once, with a fresh
+            # deadline and ahead of other streams' interims (this stream has waited longest for an update)
+            end_now = self.ctx.ring.end
+            if seg.speculative is None and end_now - end >= 1600:
+                self._interim(end_now, priority=OVERDUE_INTERIM)
+            return
         m.stage_latency.labels("asr_partial").observe(now - t0)
         seg.shown_end = end
         seg.shown_at = now
