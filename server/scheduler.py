@@ -14,15 +14,19 @@ waits inside a batch for unrelated work that merely happened to be queued with i
 
 Policies when a deadline cannot be met (checked when a batch is formed, using the measured batch
 time): ``run_late`` runs it anyway and marks it late (finals are never dropped); ``skip`` resolves it
-as skipped without running (the stage then does its fallback: pass audio through unconverted).
+as skipped without running (the stage then does its fallback: drop a stale partial, pass audio
+through unconverted).
 
 Late binding: a request submitted with ``bind`` has its payload made when a batch is formed, not when
-it was queued (ASR interims: the segment up to the newest audio, so a request that waited in the queue
-decodes what has been heard meanwhile instead of going stale). ``bind()`` returns ``(payload, weight,
-required)``, or None when the work is no longer wanted (the request is then cancelled). It may be called
-more than once for one request (a request whose bound payload has another ``batch_key`` stays queued and
-is bound again later), so it must not change anything that the last call would not set the same way. A
-bound request is never skipped: past its deadline it runs, marked late. Failures: if ``run_batch`` raises, every request of that batch fails with
+it was queued (ASR interims with ``interim_latest_audio``: the segment up to the newest audio, so a
+request that waited in the queue decodes what has been heard meanwhile instead of going stale).
+``bind()`` returns ``(payload, weight, required)``, or None when the work is no longer wanted (the
+request is then cancelled). It may be called more than once for one request (a request whose bound
+payload has another ``batch_key`` stays queued and is bound again later), so it must not change
+anything that the last call would not set the same way. A bound request is never skipped: past its
+deadline it runs, marked late.
+
+Failures: if ``run_batch`` raises, every request of that batch fails with
 :class:`StageFailed` (nobody hangs); if it returns an ``Exception`` in one slot, only that request fails.
 Watchdog: a call that runs longer than ``timeout_s`` fails its requests with :class:`StageFailed`; its
 thread is abandoned (a Python thread cannot be killed) and the scheduler goes on with a fresh one.

@@ -29,8 +29,12 @@ def words(texts):
     return " ".join(texts).lower().replace(",", "").replace(".", "").split()
 
 
-def test_jfk_finals_and_interims(asr_server, jfk_path):
-    res = stream(asr_server.url, load_audio(jfk_path), pipelines=["asr"], speed=2.0, frame_ms=20)
+@pytest.mark.parametrize("latest", [False, True])
+def test_jfk_finals_and_interims(asr_server, jfk_path, latest):
+    """(``asr.interim_latest_audio``: interims read their audio when their decode starts; the same kind of
+    results come back.)"""
+    res = stream(asr_server.url, load_audio(jfk_path), pipelines=["asr"], speed=2.0, frame_ms=20,
+                 options={"asr": {"interim_latest_audio": latest}})
     got = words(finals(res))
     assert "americans" in got and "country" in got, got
     ids = [e["id"] for e in res.of_type("transcript")]
