@@ -162,7 +162,10 @@ class AsrStage(Stage):
         # (priority 0) go before interims (1), so a final waits for at most the calls already running.
         # Its threads run at a lower OS priority (asr_nice): on a shared CPU a decode of 100-300 ms would
         # otherwise hold a core while 16 ms VC blocks wait (measured: RESULTS, "Mixed load: ASR priority").
-        self.schedulers = {"asr": BatchScheduler("asr", run, max_batch=settings.max_batch,
+        # int8 graphs run every input alone (MoonshineModel.rows_alone), so a batch would only queue one
+        # stream behind another on one thread while the other slot idles
+        max_batch = 1 if getattr(self.model, "rows_alone", False) else settings.max_batch
+        self.schedulers = {"asr": BatchScheduler("asr", run, max_batch=max_batch,
                                                  max_inflight=4 if on_gpu else 2,
                                                  max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics,
                                                  timeout_s=settings.engine_timeout_s,

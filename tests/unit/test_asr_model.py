@@ -81,6 +81,78 @@ def test_loop_guard_cuts_repeats_but_keeps_real_repetition():
     assert _looping(t) and t == [5, 1, 2]
 
 
+def test_with_int8_a_transcript_does_not_depend_on_what_shares_its_call():
+    """Dynamic int8 quantizes a MatMul's input with one scale over the whole tensor, so rows batched together
+    would change each other's results: a stream's transcript would depend on other streams. Speech of the
+    18 sentences joined with 0.15 s pauses, cut into 12 s segments, each decoded alone and beside the
+    segment 3 s later (same length, so the same call if they were batched): the same tokens. (Batched, 4 of
+    the 9 segments decoded differently.)"""
+    import csv
+
+    import soxr
+
+    from voxserve.clients.audiofile import load_audio
+
+    root = shared_or_skip("eval", "speech")
+    parts = []
+    for row in csv.reader(open(root / "manifest.tsv"), delimiter="\t"):
+        if row[0] == "path" or "alphanumeric" in row[0] or "cards" in row[0]:
+            continue
+        src = load_audio(root / row[0], raw_rate=16000)       # WAV, FLAC or raw PCM
+        x = np.frombuffer(src.data, "<i2" if src.encoding == "s16le" else "<f4").astype(np.float32)
+        x = (x / 32768.0 if src.encoding == "s16le" else x).reshape(-1, src.channels).mean(axis=1)
+        parts += [soxr.resample(x, src.sample_rate, 16000).astype(np.float32) if src.sample_rate != 16000 else x,
+                  np.zeros(2400, np.float32)]
+    speech = np.concatenate(parts)
+    int8 = MoonshineModel("onnxruntime-cpu", int8=True)
+    assert int8.rows_alone
+    for start in range(0, len(speech) - 16 * 16000, 9 * 16000):
+        a, other = speech[start:start + 12 * 16000], speech[start + 3 * 16000:start + 15 * 16000]
+        assert int8.transcribe([a, other])[0].tokens == int8.transcribe([a])[0].tokens, start
+
+
+def test_end_of_text_first_needs_half_the_probability():
+    """An empty transcript (end of text right after BOS) only when end of text has at least half the
+    probability; otherwise the likeliest other token starts the text. Other first tokens are left alone."""
+    model = MoonshineModel("onnxruntime-cpu")
+    eos, vocab = model.tokenizer.eos, 64
+    logits = np.full((3, vocab), -10.0, np.float32)
+    logits[0, eos], logits[0, 7] = np.log(0.24), np.log(0.23)     # near tie, the rest spread thin
+    logits[0, 8:] = np.log(0.53 / (vocab - 8))
+    logits[1, eos], logits[1, 7] = 3.0, 1.0                       # end of text dominates: kept
+    logits[2, 9] = 2.0                                            # greedy chose a word: kept
+    greedy = logits.argmax(axis=1)
+    assert list(greedy) == [eos, eos, 9]
+    assert list(model._first_token(logits, greedy)) == [7, eos, 9]
+
+
+def test_int8_speech_at_a_near_tie_with_end_of_text_is_still_transcribed():
+    """The dictation benchmark's playlist (bench/asr_load.py: sentences joined with 0.15 s pauses, from JFK
+    on) holds 8.9 s of speech, JFK's last words then "Ever tried. Ever failed.", on which the int8 encoder
+    leaves end of text and "Ask" at 0.24 / 0.23 after BOS: greedy decoding gave an empty transcript, so
+    the final was lost. Speech-free clips (../shared/eval/noise, 3 s windows) must still give nothing."""
+    import csv
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from asr_load import load16, playlist
+
+    root = shared_or_skip("eval", "speech")
+    rows = [r for r in csv.DictReader(open(root / "manifest.tsv"), delimiter="\t") if "alphanumeric" not in r["path"]]
+    refs = [r["reference"] for r in rows]
+    first = next(i for i, r in enumerate(refs) if "fellow Americans" in r)
+    pcm, _ = playlist([load16(root / r["path"]) for r in rows], refs, first, 20.0, 0.15)
+    x = (np.frombuffer(pcm, "<i2").astype(np.float32) / 32768)[127840:270080]
+    int8 = MoonshineModel("onnxruntime-cpu", int8=True)
+    text = int8.transcribe([x], bucket_samples=4000)[0].text.lower()
+    assert "your country" in text and "ever failed" in text, text
+    for path in sorted(p for p in shared_or_skip("eval", "noise").rglob("*") if p.suffix in (".wav", ".ogg", ".opus")):
+        y = load16(path)
+        windows = [y[i:i + 48000] for i in range(0, len(y), 48000) if len(y[i:i + 48000]) >= 16000]
+        assert [h.text for h in int8.transcribe(windows, bucket_samples=4000)] == [""] * len(windows), path
+
+
 def test_teacher_forced_hint_gives_the_greedy_transcript_with_fewer_decoder_calls(speech16k):
     """Interims of a growing segment, each hinted with the previous one's tokens: every transcript equals
     the unhinted greedy decode, and the decoder runs far fewer times (the prefix is one call)."""
