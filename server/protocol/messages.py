@@ -66,9 +66,9 @@ def _check_fields(msg: dict, allowed: set[str]) -> None:
 
 def _int_field(msg: dict, name: str, default: int | None, lo: int | None = None, hi: int | None = None,
                code: ErrorCode = ErrorCode.BAD_VALUE) -> int | None:
-    v = msg.get(name, default)
-    if v is None:
-        return None
+    v = msg.get(name)
+    if v is None:                  # absent or null: the default (a null channels once reached the audio path)
+        return default
     if isinstance(v, bool) or not isinstance(v, int):
         if isinstance(v, float) and v.is_integer():
             v = int(v)

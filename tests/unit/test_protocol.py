@@ -49,6 +49,23 @@ def test_literal_json_start_fills_defaults():
     assert cfg.output_sample_rate == 48000
 
 
+def test_null_fields_in_start_mean_their_defaults():
+    """A null field is an absent one (the fuzzer found that a null "channels" was stored as None, and the
+    first audio frame then raised TypeError: an internal error for client bytes)."""
+    def start():
+        c = server(JS)
+        [ev] = c.receive('{"type":"start","sample_rate":null,"channels":null,"output_sample_rate":null,'
+                         '"pipelines":["vad"]}', 0.0)
+        assert isinstance(ev, Start)
+        return c
+    c = start()
+    assert (c.config.audio.sample_rate, c.config.audio.channels, c.config.output_sample_rate) == (16000, 1, 16000)
+    [a] = c.receive(b"\x00\x40", 0.01)
+    assert isinstance(a, AudioIn) and list(a.samples) == [0.5]
+    [e] = start().receive('{"type": "audio", "seq": 0, "pcm": "", "ts": 0.0}', 0.01)     # the fuzzer's frame
+    assert isinstance(e, ProtocolError) and e.code is ErrorCode.BAD_AUDIO, e
+
+
 def test_literal_raw_pcm_frame_positions_and_downmix():
     c = started(JS, channels=2)
     # two stereo frames: (L=16384, R=0) and (L=-32768, R=-32768), little-endian int16
