@@ -81,6 +81,17 @@ def test_loop_guard_cuts_repeats_but_keeps_real_repetition():
     assert _looping(t) and t == [5, 1, 2]
 
 
+def _bench_audio():
+    """The benchmarks' audio helpers (bench/asr_load.py): ``load16`` (any file of ../shared to 16 kHz float32)
+    and ``playlist`` (sentences joined with pauses, as the load benchmark streams them)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from asr_load import load16, playlist
+    return load16, playlist
+
+
 def test_with_int8_a_transcript_does_not_depend_on_what_shares_its_call():
     """Dynamic int8 quantizes a MatMul's input with one scale over the whole tensor, so rows batched together
     would change each other's results: a stream's transcript would depend on other streams. Speech of the
@@ -89,20 +100,13 @@ def test_with_int8_a_transcript_does_not_depend_on_what_shares_its_call():
     the 9 segments decoded differently.)"""
     import csv
 
-    import soxr
-
-    from voxserve.clients.audiofile import load_audio
-
+    load16, _ = _bench_audio()
     root = shared_or_skip("eval", "speech")
     parts = []
     for row in csv.reader(open(root / "manifest.tsv"), delimiter="\t"):
         if row[0] == "path" or "alphanumeric" in row[0] or "cards" in row[0]:
             continue
-        src = load_audio(root / row[0], raw_rate=16000)       # WAV, FLAC or raw PCM
-        x = np.frombuffer(src.data, "<i2" if src.encoding == "s16le" else "<f4").astype(np.float32)
-        x = (x / 32768.0 if src.encoding == "s16le" else x).reshape(-1, src.channels).mean(axis=1)
-        parts += [soxr.resample(x, src.sample_rate, 16000).astype(np.float32) if src.sample_rate != 16000 else x,
-                  np.zeros(2400, np.float32)]
+        parts += [load16(root / row[0]), np.zeros(2400, np.float32)]
     speech = np.concatenate(parts)
     int8 = MoonshineModel("onnxruntime-cpu", int8=True)
     assert int8.rows_alone
@@ -132,12 +136,8 @@ def test_int8_speech_at_a_near_tie_with_end_of_text_is_still_transcribed():
     leaves end of text and "Ask" at 0.24 / 0.23 after BOS: greedy decoding gave an empty transcript, so
     the final was lost. Speech-free clips (../shared/eval/noise, 3 s windows) must still give nothing."""
     import csv
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    from asr_load import load16, playlist
-
+    load16, playlist = _bench_audio()
     root = shared_or_skip("eval", "speech")
     rows = [r for r in csv.DictReader(open(root / "manifest.tsv"), delimiter="\t") if "alphanumeric" not in r["path"]]
     refs = [r["reference"] for r in rows]
