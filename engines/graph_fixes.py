@@ -246,3 +246,143 @@ def if_branch(path: str | Path, branch: str) -> bytes:
     graph.initializer.extend(sub.initializer)
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def fold_shapes(path: str | Path) -> bytes:
+    """Return the graph with its shape arithmetic folded, where the tensor shapes alone decide it.
+
+    Graphs exported from PyTorch compute every ``Reshape`` target at run time
+    (``Shape -> Gather -> Unsqueeze -> Concat``), and the attention scale from the key's last
+    dimension. ONNX Runtime folds none of it when the batch or sequence length is dynamic, and on a
+    CPU each of those tiny nodes costs about as much as a small MatMul (Moonshine's one-token
+    decoder step: about 500 of its 950 nodes). With the shapes inferred symbolically
+    (``onnxruntime.tools.symbolic_shape_infer``), every integer tensor computed from shapes alone is
+    evaluated, element by element, to a number or to a named dimension:
+
+    - a tensor whose elements are all numbers becomes a constant (ONNX Runtime then folds what
+      follows from it, e.g. ``Cast -> Sqrt -> Div`` of the attention scale);
+    - a ``Reshape`` target whose other elements are numbers, and whose named elements each equal the
+      data's own dimension at that position, becomes a constant with 0 there ("keep this
+      dimension", the default ``allowzero=0``), or -1 for one element that does not;
+
+    then nodes whose outputs nobody reads are removed. Nothing else changes: run as written (ONNX
+    Runtime's optimizer off) the outputs are bit for bit those of the original (tested on Moonshine's
+    decoders). With the optimizer on, the constants let it fuse more (the scale into the MatMul),
+    which reorders float sums as much as switching the optimizer on does for the original graph.
+    Needs every tensor's rank from symbolic inference; raises where that is incomplete (Moonshine's
+    encoder: it is not needed there, one call per segment)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=False, guess_output_rank=False)
+    dims: dict[str, list] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            dims[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                             for d in t.shape.dim]
+    ints = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+    values: dict[str, tuple[bool, list, int]] = {}     # name -> (scalar?, elements: int | dim name, dtype)
+    for init in graph.initializer:
+        if init.data_type in ints and len(init.dims) <= 1:
+            a = numpy_helper.to_array(init)
+            values[init.name] = (a.ndim == 0, [int(v) for v in a.reshape(-1)], init.data_type)
+
+    def attr(node, name, default=None):
+        return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+    def known(name):
+        return values.get(name) if name else None
+
+    for node in graph.node:
+        op, ins = node.op_type, list(node.input)
+        out = None
+        if op == "Constant":
+            t = attr(node, "value")
+            if t is not None and t.data_type in ints and len(t.dims) <= 1:
+                a = numpy_helper.to_array(t)
+                out = (a.ndim == 0, [int(v) for v in a.reshape(-1)], t.data_type)
+        elif op == "Shape" and ins[0] in dims and None not in dims[ins[0]] and attr(node, "start") is None \
+                and attr(node, "end") is None:
+            out = (False, list(dims[ins[0]]), onnx.TensorProto.INT64)
+        elif op in ("Identity", "Cast") and known(ins[0]):
+            s, el, dt = values[ins[0]]
+            to = attr(node, "to", dt) if op == "Cast" else dt
+            out = (s, el, to) if to in ints else None
+        elif op == "Gather" and known(ins[0]) and known(ins[1]) and attr(node, "axis", 0) == 0:
+            s, el, dt = values[ins[0]]
+            si, idx, _ = values[ins[1]]
+            if not s and all(isinstance(i, int) and -len(el) <= i < len(el) for i in idx):
+                out = (si, [el[i] for i in idx], dt)
+        elif op == "Unsqueeze" and known(ins[0]) and known(ins[1] if len(ins) > 1 else None):
+            s, el, dt = values[ins[0]]
+            if s and values[ins[1]][1] in ([0], [-1]):
+                out = (False, el, dt)
+        elif op == "Squeeze" and known(ins[0]) and len(values[ins[0]][1]) == 1 and not values[ins[0]][0]:
+            out = (True, values[ins[0]][1], values[ins[0]][2])
+        elif op == "Concat" and attr(node, "axis") in (0, -1) and all(known(i) and not values[i][0] for i in ins):
+            out = (False, [e for i in ins for e in values[i][1]], values[ins[0]][2])
+        elif op == "Slice" and known(ins[0]) and not values[ins[0]][0] and all(known(i) for i in ins[1:3]) \
+                and (len(ins) < 4 or not ins[3] or values[ins[3]][1] in ([0], [-1])) \
+                and (len(ins) < 5 or not ins[4] or known(ins[4])):
+            el = values[ins[0]][1]
+            step = values[ins[4]][1][0] if len(ins) > 4 and ins[4] else 1
+            start, end = values[ins[1]][1][0], values[ins[2]][1][0]
+            if isinstance(start, int) and isinstance(end, int) and isinstance(step, int) and step != 0:
+                out = (False, el[slice(start, end, step)], values[ins[0]][2])
+        if out is not None and len(node.output) == 1:
+            values[node.output[0]] = out
+
+    graph_outputs = {o.name for o in graph.output}
+    folded: set[str] = set()
+    new_inits = []
+
+    def constant(name: str, elements: list[int], scalar: bool, dtype: int) -> None:
+        np_type = np.int64 if dtype == onnx.TensorProto.INT64 else np.int32
+        a = np.array(elements[0] if scalar else elements, dtype=np_type)
+        new_inits.append(numpy_helper.from_array(a, name))
+
+    for node in graph.node:                              # all-number tensors become constants
+        for o in node.output:
+            v = values.get(o)
+            if v is not None and node.op_type != "Constant" and o not in graph_outputs \
+                    and all(isinstance(e, int) for e in v[1]):
+                constant(o, v[1], v[0], v[2])
+                folded.add(o)
+    for node in graph.node:                              # Reshape targets: 0 = keep the data's dimension
+        if node.op_type != "Reshape" or attr(node, "allowzero", 0) or node.input[1] in folded:
+            continue
+        v, data = values.get(node.input[1]), dims.get(node.input[0])
+        if v is None or v[0] or data is None:
+            continue
+        target, unknown = [], 0
+        for i, e in enumerate(v[1]):
+            if isinstance(e, int):
+                target.append(e)
+                unknown += e == -1
+            elif i < len(data) and data[i] == e:
+                target.append(0)
+            else:
+                target.append(-1)
+                unknown += 1
+        if unknown <= 1:
+            name = f"{node.name or node.output[0]}_folded_shape"
+            constant(name, target, False, onnx.TensorProto.INT64)
+            node.input[1] = name
+    kept = [n for n in graph.node if not (set(n.output) <= folded)]
+    needed = set(graph_outputs)
+    live = []
+    for n in reversed(kept):                             # drop what no one reads any more
+        if any(o in needed for o in n.output):
+            live.append(n)
+            needed.update(i for i in n.input if i)
+    live.reverse()
+    del graph.node[:]
+    graph.node.extend(live)
+    graph.initializer.extend(i for i in new_inits if i.name in needed)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

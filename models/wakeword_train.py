@@ -359,16 +359,12 @@ def _build_dataset(cfg: TrainConfig, fx: FeatureExtractor,
     return X.astype(np.float32), y
 
 
-def mine_hard_negatives(model, cfg: TrainConfig, fx: FeatureExtractor, keep: int = 30000,
-                        floor: float = 0.05) -> np.ndarray:
-    """Head windows from a pool of ``cfg.mine`` generated sentences (half with a confusable word inside, half
-    ordinary; training voices; its own seed, so none of the training data) and tone streams that the trained
-    ``model`` scores at ``floor`` or more: at most ``keep``, highest first."""
-    import torch
-
+def mining_pool(cfg: TrainConfig, fx: FeatureExtractor) -> np.ndarray:
+    """Head windows of a pool of ``cfg.mine`` generated sentences (half with a confusable word inside, half
+    ordinary; training voices; its own seed, so none of the training data) and tone streams, from
+    ``cfg.first_step`` on, as the server scores them."""
     rnd = random.Random(f"mine-{cfg.seed}")
     rng = np.random.default_rng(cfg.seed + 7919)
-    t0 = time.time()
     vs = tts.voice_pool(rnd, cfg.mine, variants=TRAIN_VARIANTS, flite_voices=TRAIN_FLITE,
                         piper_share=cfg.piper_voices, piper_pitch=tuple(cfg.piper_pitch))
     texts = confusable_sentences(rnd, cfg.phrase, cfg.mine // 2, "train")
@@ -384,7 +380,14 @@ def mine_hard_negatives(model, cfg: TrainConfig, fx: FeatureExtractor, keep: int
 
     streams += [tones(rng, 20.0) for _ in range(max(1, cfg.mine // 100))]
     pad = fx.fe.silent_emb
-    W = np.concatenate([sliding_windows(e, pad=pad, start=cfg.first_step) for e in fx.stream_embeddings(streams)])
+    return np.concatenate([sliding_windows(e, pad=pad, start=cfg.first_step) for e in fx.stream_embeddings(streams)])
+
+
+def hardest(model, W: np.ndarray, keep: int = 30000, floor: float = 0.05) -> np.ndarray:
+    """The windows of ``W`` that ``model`` scores at ``floor`` or more: at most ``keep``, highest first,
+    returned in their order in ``W``."""
+    import torch
+
     model.eval()
     with torch.no_grad():
         scores = np.concatenate([model(torch.from_numpy(W[i:i + 4096])).squeeze(1).numpy()
@@ -392,8 +395,18 @@ def mine_hard_negatives(model, cfg: TrainConfig, fx: FeatureExtractor, keep: int
     order = np.argsort(-scores, kind="stable")
     order = order[scores[order] >= floor][:keep]
     log.info("mined hard negatives", extra={"pool_windows": len(W), "kept": len(order),
-                                            "above_0.5": int((scores >= 0.5).sum()), "seconds": round(time.time() - t0, 1)})
+                                            "above_0.5": int((scores >= 0.5).sum())})
     return W[np.sort(order)].astype(np.float32)
+
+
+def mine_hard_negatives(model, cfg: TrainConfig, fx: FeatureExtractor, keep: int = 30000,
+                        floor: float = 0.05) -> np.ndarray:
+    """Hard-negative mining: the windows of :func:`mining_pool` that the trained ``model`` scores at
+    ``floor`` or more (:func:`hardest`)."""
+    t0 = time.time()
+    W = mining_pool(cfg, fx)
+    log.info("mining pool", extra={"windows": len(W), "seconds": round(time.time() - t0, 1)})
+    return hardest(model, W, keep, floor)
 
 
 def make_head(n: int = N_EMB, dropout: float = 0.0):

@@ -235,6 +235,53 @@ def test_split_decoder_branches_match_the_merged_graph():
         np.testing.assert_allclose(got["present.0.decoder.key"], want["present.0.decoder.key"], rtol=1e-5, atol=1e-5)
 
 
+def test_folded_decoder_graphs_compute_what_the_split_graphs_compute(monkeypatch):
+    """Shape folding (the int8 CPU default's last rewrite) leaves far fewer nodes and the same values, for
+    any batch, token count and cache length: bit for bit as written (ONNX Runtime's optimizer off); with
+    the optimizer on, the folded graph lets it fuse more, which reorders float sums (the original graph
+    moves as much between optimizer levels). No sample audio needed: random states and cache."""
+    import functools
+
+    import onnx
+    import onnxruntime as ort
+
+    from voxserve.engines.graph_fixes import cached_derivative, fold_shapes, if_branch
+
+    def session(path, level):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+    merged_path = converted(model_dir() / "decoder_model_merged.ort")
+    rng = np.random.default_rng(0)
+    plain, full = ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    for tag, branch, cases in (("nocache", "else_branch", ((1, 3, 0), (2, 1, 0))),
+                               ("cache", "then_branch", ((1, 1, 0), (1, 1, 13), (2, 1, 5), (1, 4, 7)))):
+        split_path = cached_derivative(merged_path, tag, functools.partial(if_branch, branch=branch))
+        folded_path = cached_derivative(split_path, "shapes", fold_shapes)
+        assert len(onnx.load(str(folded_path)).graph.node) <= len(onnx.load(str(split_path)).graph.node) - 150
+        sessions = {(p, lv): session(p, lv) for p in (split_path, folded_path) for lv in (plain, full)}
+        names = [i.name for i in sessions[split_path, plain].get_inputs()]
+        for batch, tokens, past in cases:
+            feeds = {"encoder_hidden_states": rng.standard_normal((batch, 40, 416)).astype(np.float32),
+                     "input_ids": rng.integers(0, 32768, (batch, tokens)).astype(np.int64),
+                     "use_cache_branch": np.array([tag == "cache"])}
+            for n in names:
+                if n.startswith("past_key_values"):
+                    feeds[n] = rng.standard_normal((batch, 8, 40 if ".encoder." in n else past, 52)).astype(np.float32)
+            want, got = (sessions[split_path, plain].run(None, feeds), sessions[folded_path, plain].run(None, feeds))
+            for w, g in zip(want, got):
+                np.testing.assert_array_equal(g, w)
+            optimized = sessions[folded_path, full].run(None, feeds)
+            np.testing.assert_allclose(optimized[0], want[0], rtol=1e-3, atol=1e-3)
+    import voxserve.engines.graph_fixes as gf
+
+    made, real = [], gf.cached_derivative
+    monkeypatch.setattr(gf, "cached_derivative", lambda path, tag, make: made.append(tag) or real(path, tag, make))
+    MoonshineModel("onnxruntime-cpu", int8=True)
+    assert made.count("shapes") == 2, made                    # the int8 CPU default runs both decoders folded
+
+
 def _words(text: str) -> list[str]:
     return "".join(ch for ch in text.lower() if ch.isalnum() or ch in " '").split()
 

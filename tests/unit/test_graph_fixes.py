@@ -1,4 +1,4 @@
-"""Graph rewrites used at load time: If-branch inlining and int8 MatMul quantization (toy graphs here;
+"""Graph rewrites used at load time: If-branch inlining, int8 MatMul quantization, shape folding (toy graphs here;
 Moonshine's real graphs in test_asr_model.py)."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from voxserve.engines.graph_fixes import conv1d_as_matmul, if_branch, int8_matmuls
+from voxserve.engines.graph_fixes import conv1d_as_matmul, fold_shapes, if_branch, int8_matmuls
 
 
 def _run(model_bytes, feeds):
@@ -86,3 +86,63 @@ def test_conv1d_as_matmul_computes_the_convolution_for_any_length():
         want, got = _run(ref_bytes, {"x": x}), _run(m.SerializeToString(), {"x": x})
         assert got.shape == want.shape == (2, 24, (t - 7) // 3 + 1)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _attention_like(path):
+    """What PyTorch exports for multi-head attention's plumbing: q = x @ W reshaped to [B, S, 2, 4] with a
+    target computed from Shape(x); y = q / sqrt(q's last dim, read from its shape); plus z, a Reshape whose
+    target takes its first dimension from another input (``other``: not provably the data's)."""
+    rng = np.random.default_rng(0)
+    c = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)     # noqa: E731
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["q"]),
+        helper.make_node("Shape", ["x"], ["sx"]),
+        helper.make_node("Gather", ["sx", "i0"], ["b"], axis=0),
+        helper.make_node("Gather", ["sx", "i1"], ["s"], axis=0),
+        helper.make_node("Unsqueeze", ["b", "ax0"], ["b1"]),
+        helper.make_node("Unsqueeze", ["s", "ax0"], ["s1"]),
+        helper.make_node("Concat", ["b1", "s1", "heads"], ["target"], axis=0),
+        helper.make_node("Reshape", ["q", "target"], ["qh"]),
+        helper.make_node("Shape", ["qh"], ["sq"]),
+        helper.make_node("Slice", ["sq", "m1", "big"], ["last"]),
+        helper.make_node("Cast", ["last"], ["lastf"], to=TensorProto.FLOAT),
+        helper.make_node("Sqrt", ["lastf"], ["scale"]),
+        helper.make_node("Div", ["qh", "scale"], ["y"]),
+        helper.make_node("Shape", ["other"], ["so"]),
+        helper.make_node("Gather", ["so", "i0"], ["ob"], axis=0),
+        helper.make_node("Unsqueeze", ["ob", "ax0"], ["ob1"]),
+        helper.make_node("Concat", ["ob1", "minus1"], ["target2"], axis=0),
+        helper.make_node("Reshape", ["q", "target2"], ["z"]),
+    ]
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "W"), c("i0", 0), c("i1", 1),
+             c("ax0", [0]), c("heads", [2, 4]), c("m1", [-1]), c("big", [2 ** 62]), c("minus1", [-1])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", 8]),
+                                       helper.make_tensor_value_info("other", TensorProto.FLOAT, ["N"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", 2, 4]),
+                           helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", "M"])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return m.SerializeToString()
+
+
+def test_fold_shapes_removes_shape_arithmetic_and_keeps_every_value(tmp_path):
+    ref = _attention_like(tmp_path / "a.onnx")
+    folded = fold_shapes(tmp_path / "a.onnx")
+    nodes = onnx.load_from_string(folded).graph.node
+    reshapes = [n for n in nodes if n.op_type == "Reshape"]
+    target = {i.name: numpy_helper.to_array(i) for i in onnx.load_from_string(folded).graph.initializer}
+    # the head reshape keeps B and S by position (0) and the scale's shape read is gone ...
+    assert any(list(target.get(n.input[1], [])) == [0, 0, 2, 4] for n in reshapes)
+    # ... but the target sized by another input is still computed at run time (two unknowns: no constant)
+    assert sum(n.op_type == "Shape" for n in nodes) == 1
+    assert len(nodes) < len(onnx.load_from_string(ref).graph.node)
+    rng = np.random.default_rng(1)
+    for b, s in ((1, 1), (2, 5), (3, 2)):
+        feeds = {"x": rng.standard_normal((b, s, 8)).astype(np.float32),
+                 "other": np.zeros(b * s, np.float32)}
+        want = ort.InferenceSession(ref, providers=["CPUExecutionProvider"]).run(None, feeds)
+        got = ort.InferenceSession(folded, providers=["CPUExecutionProvider"]).run(None, feeds)
+        for w, g in zip(want, got):
+            assert w.shape == g.shape
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
