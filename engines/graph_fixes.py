@@ -89,6 +89,33 @@ def _rank_of(model, name: str) -> int:
     raise ValueError(f"cannot infer the rank of {name}")
 
 
+class _QuantizerChatter:
+    """A logging filter: drops the records below ERROR that ONNX Runtime's quantizer logs on the root logger
+    (one INFO line per tensor it leaves alone, and advice to pre-process; about 60 lines per Moonshine
+    decoder at a server's first start)."""
+
+    def filter(self, record) -> bool:
+        import os
+
+        return record.levelno >= 40 or f"onnxruntime{os.sep}quantization" not in record.pathname
+
+
+class _quantizer_quiet:
+    """While open, :class:`_QuantizerChatter` filters the root logger (records other code logs meanwhile
+    pass: the filter looks at where a record was logged from)."""
+
+    def __enter__(self):
+        import logging
+
+        self.flt = _QuantizerChatter()
+        logging.getLogger().addFilter(self.flt)
+
+    def __exit__(self, *exc):
+        import logging
+
+        logging.getLogger().removeFilter(self.flt)
+
+
 def int8_matmuls(path: str | Path, *, per_channel: bool = False, conv_as_matmul: bool = True,
                  keep_float: tuple[str, ...] = ()) -> bytes:
     """Return the graph with its weight MatMuls quantized dynamically to int8 (ONNX Runtime's
@@ -125,8 +152,9 @@ def int8_matmuls(path: str | Path, *, per_channel: bool = False, conv_as_matmul:
                 onnx.save(model, str(folded))
         names = [n.name for n in onnx.load(str(folded)).graph.node]
         exclude = [n for n in names if n.startswith(keep_float)] if keep_float else []
-        quantize_dynamic(str(folded), str(out), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         per_channel=per_channel, nodes_to_exclude=exclude)
+        with _quantizer_quiet():
+            quantize_dynamic(str(folded), str(out), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                             per_channel=per_channel, nodes_to_exclude=exclude)
         return out.read_bytes()
 
 

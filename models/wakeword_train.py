@@ -497,12 +497,18 @@ def export_head(model, out: Path, cfg: TrainConfig, extra: dict) -> None:
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def member_config(cfg: TrainConfig, k: int) -> TrainConfig:
+    """Ensemble member ``k``'s configuration: seed ``cfg.seed + k``, the k-th of ``cfg.noise_over``'s
+    modes (cycled), and the Kokoro pool of the base seed (shared by every member)."""
+    modes = [m.strip() for m in cfg.noise_over.split(",") if m.strip()] or ["clip"]
+    return dataclasses.replace(cfg, seed=cfg.seed + k, noise_over=modes[k % len(modes)],
+                               kokoro_seed=cfg.seed if cfg.kokoro_seed is None else cfg.kokoro_seed)
+
+
 def train(cfg: TrainConfig, out: Path) -> dict:
     """Train ``cfg.ensemble`` heads, each on its own synthetic data set (seed ``cfg.seed + k``: other
     voices, phrases, noise; noise placement: the k-th of ``cfg.noise_over``'s comma-separated modes,
     cycled), and export their averaged score as one head."""
-    import dataclasses
-
     noise_modes = [m.strip() for m in cfg.noise_over.split(",") if m.strip()] or ["clip"]   # member k: mode k
     bad = [m for m in noise_modes if m not in ("clip", "stream", "mixed")]
     if bad:
@@ -513,8 +519,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     fx = FeatureExtractor(cfg.threads)
     members, windows, positives = [], 0, 0
     for k in range(max(1, cfg.ensemble)):
-        member_cfg = dataclasses.replace(cfg, seed=cfg.seed + k, noise_over=noise_modes[k % len(noise_modes)],
-                                         kokoro_seed=cfg.seed if cfg.kokoro_seed is None else cfg.kokoro_seed)
+        member_cfg = member_config(cfg, k)
         X, y = build_dataset(member_cfg, fx)
         head = train_head(X, y, member_cfg)
         if cfg.mine > 0:

@@ -14,6 +14,21 @@ def _run(model_bytes, feeds):
     return sess.run(None, feeds)[0]
 
 
+def _dequantized_matmul(path, rng):
+    """y = x @ DequantizeLinear(Wq, s): a weight stored as int8 and de-quantized at run time (Moonshine's form)."""
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    scale = np.float32(np.abs(w).max() / 127)
+    wq = numpy_helper.from_array(np.round(w / scale).astype(np.int8), "Wq")
+    nodes = [helper.make_node("DequantizeLinear", ["Wq", "s"], ["W"]), helper.make_node("MatMul", ["x", "W"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])],
+                          [wq, numpy_helper.from_array(np.array(scale, np.float32), "s")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return m
+
+
 def _if_model(path):
     """y = flag ? x @ W1 : x @ W2 + 1, with W1 an outer-scope initializer and W2 one of the branch."""
     rng = np.random.default_rng(0)
@@ -49,16 +64,7 @@ def test_int8_reaches_weights_that_are_dequantized_at_run_time(tmp_path):
     """The trap the function exists for: weights stored as int8 + DequantizeLinear are not initializers
     of the MatMul, so a plain quantize_dynamic leaves the graph as it was. After folding they are."""
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((64, 32)).astype(np.float32)
-    scale = np.float32(np.abs(w).max() / 127)
-    wq = numpy_helper.from_array(np.round(w / scale).astype(np.int8), "Wq")
-    nodes = [helper.make_node("DequantizeLinear", ["Wq", "s"], ["W"]), helper.make_node("MatMul", ["x", "W"], ["y"])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])],
-                          [wq, numpy_helper.from_array(np.array(scale, np.float32), "s")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(tmp_path / "w.onnx"))
+    m = _dequantized_matmul(tmp_path / "w.onnx", rng)
     q = int8_matmuls(tmp_path / "w.onnx")
     ops = {n.op_type for n in onnx.load_from_string(q).graph.node}
     assert "MatMulInteger" in ops and "MatMul" not in ops, ops
@@ -146,3 +152,27 @@ def test_fold_shapes_removes_shape_arithmetic_and_keeps_every_value(tmp_path):
         for w, g in zip(want, got):
             assert w.shape == g.shape
             np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+
+
+def test_int8_matmuls_keeps_the_quantizers_chatter_out_of_the_log(tmp_path, caplog):
+    """ONNX Runtime's quantizer logs on the root logger (a line per tensor it leaves alone, advice to
+    pre-process): a server's first start printed about 60 such lines per decoder. int8_matmuls drops them;
+    what other code logs meanwhile, and the quantizer's errors, still pass."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from voxserve.engines.graph_fixes import _QuantizerChatter
+
+    _dequantized_matmul(tmp_path / "w.onnx", np.random.default_rng(0))
+    caplog.set_level(logging.INFO)
+    quantize_dynamic(str(tmp_path / "w.onnx"), str(tmp_path / "plain.onnx"), weight_type=QuantType.QInt8)
+    from_quantizer = [r for r in caplog.records if "quantization" in r.pathname]
+    assert from_quantizer, "the quantizer logged nothing here: this test no longer shows the filter working"
+    caplog.clear()
+    int8_matmuls(tmp_path / "w.onnx")
+    assert not [r.getMessage() for r in caplog.records if "quantization" in r.pathname]
+    assert not logging.getLogger().filters                    # removed again afterwards
+    ours = logging.LogRecord("voxserve", logging.INFO, "/x/voxserve/server/app.py", 1, "m", (), None)
+    theirs_error = logging.LogRecord("root", logging.ERROR, "/x/onnxruntime/quantization/q.py", 1, "m", (), None)
+    assert _QuantizerChatter().filter(ours) and _QuantizerChatter().filter(theirs_error)
