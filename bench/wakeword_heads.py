@@ -9,11 +9,9 @@ once and saved, then each variant trains on the same arrays and is scored on the
 
 A variant is ``KIND[+verifier]``:
 
-- ``mlp``: the shipped head (``make_head``), trained and fine-tuned on mined negatives as ``train`` does;
-- ``wide``: the same with 128 hidden units;
-- ``conv``: a temporal head, dilated 1-D convolutions over the 16 embeddings (kernel 3, dilations 1, 2, 4);
-- ``+verifier``: a second head of the same kind trained on the positives and on the negatives the first
-  scores 0.1 or more (training windows and mining pool); the score is ``sqrt(first * second)``.
+- ``mlp`` (the shipped head), ``wide`` or ``conv`` (``make_head``'s kinds), trained and fine-tuned on the
+  mined negatives as ``train`` does (``fit_member``);
+- ``+verifier``: cascaded with a second head of the same kind (``train_verifier``), as ``--verifier``.
 
 Scores go through the evaluation's own functions (``score_eval_set``, patience 2 as the server's default).
 One member only (the shipped head averages two): compare variants with each other, not with the shipped head.
@@ -63,65 +61,6 @@ def cmd_member(args) -> None:
           f"{time.time() - t0:.0f} s", flush=True)
 
 
-def make_variant(kind: str, dropout: float):
-    import torch
-
-    from voxserve.models.wakeword_train import N_EMB, make_head
-
-    if kind == "mlp":
-        return make_head(dropout=dropout)
-    drop = [torch.nn.Dropout(dropout)] if dropout > 0 else []
-    if kind == "wide":
-        return torch.nn.Sequential(
-            torch.nn.Flatten(), *drop, torch.nn.Linear(N_EMB * 96, 128), torch.nn.LayerNorm(128), torch.nn.ReLU(),
-            *drop, torch.nn.Linear(128, 128), torch.nn.LayerNorm(128), torch.nn.ReLU(), torch.nn.Linear(128, 1),
-            torch.nn.Sigmoid())
-    if kind == "conv":
-        class Temporal(torch.nn.Module):
-            """[B, 16, 96] -> dilated convolutions over time (16 -> 14 -> 10 -> 2 steps) -> score."""
-
-            def __init__(self):
-                super().__init__()
-                self.drop = torch.nn.Dropout(dropout)
-                self.convs = torch.nn.ModuleList(
-                    [torch.nn.Conv1d(96, 64, 3), torch.nn.Conv1d(64, 64, 3, dilation=2),
-                     torch.nn.Conv1d(64, 64, 3, dilation=4)])
-                self.norms = torch.nn.ModuleList([torch.nn.GroupNorm(1, 64) for _ in self.convs])
-                self.out = torch.nn.Linear(64 * 2, 1)
-
-            def forward(self, x):
-                h = self.drop(x.transpose(1, 2))
-                for conv, norm in zip(self.convs, self.norms):
-                    h = torch.relu(norm(conv(h)))
-                return torch.sigmoid(self.out(self.drop(h.flatten(1))))
-        return Temporal()
-    raise SystemExit(f"unknown head kind {kind!r}: mlp, wide or conv")
-
-
-def train_variant(kind: str, X, y, W, cfg):
-    """The recipe of ``train`` for one member with the head ``kind``: train, mine ``W``, fine-tune."""
-    from voxserve.models.wakeword_train import hardest, train_head
-
-    head = train_head(X, y, cfg, model=make_variant(kind, cfg.dropout))
-    hard = hardest(head, W)
-    X2 = np.concatenate([X, hard])
-    y2 = np.concatenate([y, np.zeros(len(hard), np.float32)])
-    return train_head(X2, y2, cfg, model=head, epochs=cfg.mine_epochs, lr=3e-4), X2, y2
-
-
-def scorer(*models):
-    import torch
-
-    def score(w: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
-            s = np.ones(len(w), np.float64)
-            for m in models:
-                s *= m(x).squeeze(1).double().numpy()
-        return (s ** (1.0 / len(models))).astype(np.float32)
-    return score
-
-
 def summary(score, es, targets=(6.0, 2.0, 1.0, 0.1)) -> list[dict]:
     from voxserve.models.wakeword_eval import score_eval_set
 
@@ -131,10 +70,8 @@ def summary(score, es, targets=(6.0, 2.0, 1.0, 0.1)) -> list[dict]:
         op, cats = r["operating_point"], r["by_category_at_operating_point"] or {}
         row = {"target_fa_per_hour": t, "threshold": op and op["threshold"], "frr": op and round(op["frr"], 4),
                "fa_per_hour": op and round(op["fa_per_hour"], 3)}
-        for k, v in cats.items():
+        for k, v in cats.items():     # positives: miss rate; confusable: share fired; others: FA/h
             row[k] = v.get("miss_rate", v.get("share_fired", v.get("fa_per_hour")))
-            if k == "negatives: confusable":
-                row[k] = v["share_fired"]
         rows.append(row)
     return rows
 
@@ -144,7 +81,7 @@ def cmd_compare(args) -> None:
 
     import torch
 
-    from voxserve.models.wakeword_train import TrainConfig, member_config, train_head
+    from voxserve.models.wakeword_train import TrainConfig, fit_member, member_config, scores_of
 
     es = pickle.loads(args.evalset.read_bytes())
     cfg = member_config(dataclasses.replace(TrainConfig(PHRASE), threads=args.threads), args.k)
@@ -153,22 +90,13 @@ def cmd_compare(args) -> None:
     out = {}
     for spec in args.variants:
         kind, _, extra = spec.partition("+")
-        t0 = time.time()
-        head, X2, y2 = train_variant(kind, X, y, W, cfg)
-        models = [head]
-        if extra == "verifier":
-            first = scorer(head)
-            keep_neg = np.concatenate([first(X2[y2 < 0.5]), first(W)]) >= 0.1
-            negs = np.concatenate([X2[y2 < 0.5], W])[keep_neg]
-            Xv = np.concatenate([X2[y2 > 0.5], negs])
-            yv = np.concatenate([np.ones(int((y2 > 0.5).sum()), np.float32), np.zeros(len(negs), np.float32)])
-            models.append(train_head(Xv, yv, dataclasses.replace(cfg, seed=cfg.seed + 100),
-                                     model=make_variant(kind, cfg.dropout)))
-        elif extra:
+        if extra not in ("", "verifier"):
             raise SystemExit(f"unknown variant suffix {extra!r}: verifier")
-        rows = summary(scorer(*models), es)
+        t0 = time.time()
+        member, _ = fit_member(X, y, W, dataclasses.replace(cfg, head=kind, verifier=extra == "verifier"))
+        rows = summary(lambda w, m=member: scores_of(m, w), es)
         out[spec] = {"train_seconds": round(time.time() - t0, 1),
-                     "parameters": sum(p.numel() for m in models for p in m.parameters()), "rows": rows}
+                     "parameters": sum(p.numel() for p in member.parameters()), "rows": rows}
         print(json.dumps({spec: out[spec]}), flush=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -25,7 +25,7 @@ def _pair(text: str) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="voxserve-wakeword", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    from .wakeword_train import TrainConfig
+    from .wakeword_train import HEAD_KINDS, TrainConfig
 
     d = TrainConfig("")                                   # the recipe's defaults, in one place
     sub = p.add_subparsers(dest="command", required=True)
@@ -75,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="hard-negative mining: score a separate pool of this many generated sentences (half with "
                         "confusables) and tones with each trained head, add what it scores >= 0.05 and fine-tune")
     t.add_argument("--mine-epochs", type=int, default=d.mine_epochs)
+    t.add_argument("--head", choices=HEAD_KINDS, default=d.head,
+                   help="the head's architecture: mlp (64 hidden units), wide (128) or conv (temporal, dilated "
+                        "1-D convolutions over the embeddings); see bench/RESULTS.md for what each measured")
+    t.add_argument("--verifier", action="store_true", default=d.verifier,
+                   help="cascade each member with a second head trained on the windows the first scores >= 0.1; "
+                        "the score is sqrt(first * second)")
     sub.add_parser("fetch-voices", help="unpack the Kokoro voices from the npm package kokoro-js into the cache")
     e = sub.add_parser("eval", help="FRR / false accepts per hour report with a DET curve")
     e.add_argument("model", type=Path)
@@ -117,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                           piper_voices=args.piper_voices, piper_pitch=_pair(args.piper_pitch),
                           confusable=args.confusable, kokoro_positives=args.kokoro_positives,
                           kokoro_confusable=args.kokoro_confusable, kokoro_sentences=args.kokoro_sentences,
-                          tone_streams=args.tone_streams, mine=args.mine, mine_epochs=args.mine_epochs, start_share=args.start_share, first_step=args.first_step)
+                          tone_streams=args.tone_streams, mine=args.mine, mine_epochs=args.mine_epochs, start_share=args.start_share, first_step=args.first_step,
+                          head=args.head, verifier=args.verifier)
         print(json.dumps(train(cfg, args.out)))
         return 0
     from .wakeword_eval import evaluate

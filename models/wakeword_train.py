@@ -128,6 +128,8 @@ class TrainConfig:
     mine_epochs: int = 5       # fine-tuning epochs with the mined windows added
     first_step: int = 4        # the head scores from this step on (80 ms each, 1-based); earlier steps hold the
                                # front end's silent padding, which training sees like the server does
+    head: str = "mlp"          # the head's architecture (make_head: mlp, wide, conv)
+    verifier: bool = False     # a second head trained on what the first finds hard; score sqrt(first * second)
 
 
 def place_at_end(rng: np.random.Generator, clip: np.ndarray, total: int, tail: int) -> np.ndarray:
@@ -386,12 +388,7 @@ def mining_pool(cfg: TrainConfig, fx: FeatureExtractor) -> np.ndarray:
 def hardest(model, W: np.ndarray, keep: int = 30000, floor: float = 0.05) -> np.ndarray:
     """The windows of ``W`` that ``model`` scores at ``floor`` or more: at most ``keep``, highest first,
     returned in their order in ``W``."""
-    import torch
-
-    model.eval()
-    with torch.no_grad():
-        scores = np.concatenate([model(torch.from_numpy(W[i:i + 4096])).squeeze(1).numpy()
-                                 for i in range(0, len(W), 4096)])
+    scores = scores_of(model, W)
     order = np.argsort(-scores, kind="stable")
     order = order[scores[order] >= floor][:keep]
     log.info("mined hard negatives", extra={"pool_windows": len(W), "kept": len(order),
@@ -399,25 +396,105 @@ def hardest(model, W: np.ndarray, keep: int = 30000, floor: float = 0.05) -> np.
     return W[np.sort(order)].astype(np.float32)
 
 
-def mine_hard_negatives(model, cfg: TrainConfig, fx: FeatureExtractor, keep: int = 30000,
-                        floor: float = 0.05) -> np.ndarray:
-    """Hard-negative mining: the windows of :func:`mining_pool` that the trained ``model`` scores at
-    ``floor`` or more (:func:`hardest`)."""
-    t0 = time.time()
-    W = mining_pool(cfg, fx)
-    log.info("mining pool", extra={"windows": len(W), "seconds": round(time.time() - t0, 1)})
-    return hardest(model, W, keep, floor)
+def fit_member(X: np.ndarray, y: np.ndarray, W: np.ndarray | None, cfg: TrainConfig):
+    """One ensemble member from its windows: a head of ``cfg.head``'s kind trained on ``X``/``y``; with a
+    mining pool ``W``, fine-tuned for ``cfg.mine_epochs`` with the pool's windows it scores 0.05 or more
+    (:func:`hardest`) added as negatives; with ``cfg.verifier``, cascaded with a verifier
+    (:func:`train_verifier`). Returns the member and the labels it was last trained on."""
+    head = train_head(X, y, cfg)
+    if W is not None and len(W):
+        hard = hardest(head, W)
+        if len(hard):
+            X = np.concatenate([X, hard])
+            y = np.concatenate([y, np.zeros(len(hard), np.float32)])
+            head = train_head(X, y, cfg, model=head, epochs=cfg.mine_epochs, lr=3e-4)
+    if cfg.verifier:
+        head = Cascade.build(head, train_verifier(head, X, y, W if W is not None else X[:0], cfg))
+    return head, y
 
 
-def make_head(n: int = N_EMB, dropout: float = 0.0):
-    """The head: [n, 96] -> 64 -> 64 -> score; ``dropout`` on the input and the first hidden layer while
-    training (no layers at all when 0; identity in the exported, evaluation-mode graph)."""
+HEAD_KINDS = ("mlp", "wide", "conv")
+
+
+def make_head(n: int = N_EMB, dropout: float = 0.0, kind: str = "mlp"):
+    """A head: [B, n, 96] embeddings -> [B, 1] score. ``kind``:
+
+    - ``mlp`` (the default): flattened -> 64 -> 64 -> score, LayerNorm and ReLU after each hidden layer;
+    - ``wide``: the same with 128 hidden units;
+    - ``conv``: temporal, three 1-D convolutions over the n steps (kernel 3, dilations 1, 2, 4; 64
+      channels, GroupNorm, ReLU), then the remaining steps flattened -> score.
+
+    ``dropout`` on the input and the hidden layers while training (no layers at all when 0; identity in
+    the exported, evaluation-mode graph)."""
     import torch
 
     drop = [torch.nn.Dropout(dropout)] if dropout > 0 else []
-    return torch.nn.Sequential(
-        torch.nn.Flatten(), *drop, torch.nn.Linear(n * 96, 64), torch.nn.LayerNorm(64), torch.nn.ReLU(), *drop,
-        torch.nn.Linear(64, 64), torch.nn.LayerNorm(64), torch.nn.ReLU(), torch.nn.Linear(64, 1), torch.nn.Sigmoid())
+    if kind in ("mlp", "wide"):
+        h = 64 if kind == "mlp" else 128
+        return torch.nn.Sequential(
+            torch.nn.Flatten(), *drop, torch.nn.Linear(n * 96, h), torch.nn.LayerNorm(h), torch.nn.ReLU(), *drop,
+            torch.nn.Linear(h, h), torch.nn.LayerNorm(h), torch.nn.ReLU(), torch.nn.Linear(h, 1), torch.nn.Sigmoid())
+    if kind != "conv":
+        raise ValueError(f"head kind must be one of {HEAD_KINDS}, not {kind!r}")
+    left = n - 2 * (1 + 2 + 4)
+    if left < 1:
+        raise ValueError(f"a conv head needs at least 15 embeddings, not {n}")
+
+    class TemporalHead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drop = torch.nn.Dropout(dropout) if dropout > 0 else torch.nn.Identity()
+            self.convs = torch.nn.ModuleList([torch.nn.Conv1d(96, 64, 3), torch.nn.Conv1d(64, 64, 3, dilation=2),
+                                              torch.nn.Conv1d(64, 64, 3, dilation=4)])
+            self.norms = torch.nn.ModuleList([torch.nn.GroupNorm(1, 64) for _ in self.convs])
+            self.out = torch.nn.Linear(64 * left, 1)
+
+        def forward(self, x):
+            h = self.drop(x.transpose(1, 2))
+            for conv, norm in zip(self.convs, self.norms):
+                h = torch.relu(norm(conv(h)))
+            return torch.sigmoid(self.out(self.drop(h.flatten(1))))
+    return TemporalHead()
+
+
+class Cascade:
+    """Builds the torch module whose score is ``sqrt(head * verifier)``: the verifier, trained on what the
+    head finds hard, can only lower the head's confident scores where it disagrees."""
+
+    @staticmethod
+    def build(head, verifier):
+        import torch
+
+        class Both(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.head, self.verifier = head, verifier
+
+            def forward(self, x):
+                return torch.sqrt(self.head(x) * self.verifier(x))
+        return Both().eval()
+
+
+def scores_of(model, W: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """``model``'s scores of the windows ``W`` (evaluation mode, no gradients)."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(np.ascontiguousarray(W[i:i + batch]))).squeeze(1).numpy()
+                               for i in range(0, len(W), batch)]) if len(W) else np.zeros(0, np.float32)
+
+
+def train_verifier(head, X: np.ndarray, y: np.ndarray, W: np.ndarray, cfg: TrainConfig, floor: float = 0.1):
+    """A second head of ``cfg.head``'s kind, trained on every positive of ``X`` and on the negatives of
+    ``X`` and of the mining pool ``W`` that ``head`` scores ``floor`` or more (its own seed)."""
+    negatives = np.concatenate([X[y < 0.5], W])
+    hard = negatives[scores_of(head, negatives) >= floor]
+    pos = X[y > 0.5]
+    log.info("verifier data", extra={"positives": len(pos), "hard_negatives": len(hard)})
+    Xv = np.concatenate([pos, hard]).astype(np.float32)
+    yv = np.concatenate([np.ones(len(pos), np.float32), np.zeros(len(hard), np.float32)])
+    return train_head(Xv, yv, dataclasses.replace(cfg, seed=cfg.seed + 100))
 
 
 def train_head(X: np.ndarray, y: np.ndarray, cfg: TrainConfig, model=None, epochs: int | None = None,
@@ -428,7 +505,7 @@ def train_head(X: np.ndarray, y: np.ndarray, cfg: TrainConfig, model=None, epoch
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     if model is None:
-        model = make_head(dropout=cfg.dropout)
+        model = make_head(dropout=cfg.dropout, kind=cfg.head)
     model.train()
     epochs = cfg.epochs if epochs is None else epochs
     cfg = dataclasses.replace(cfg, epochs=epochs)
@@ -513,6 +590,8 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     bad = [m for m in noise_modes if m not in ("clip", "stream", "mixed")]
     if bad:
         raise ValueError(f"noise_over modes must be clip, stream or mixed, not {bad}")
+    if cfg.head not in HEAD_KINDS:
+        raise ValueError(f"head must be one of {HEAD_KINDS}, not {cfg.head!r}")
     background_bank(np.random.default_rng(0), [], per_kind=0,          # unknown kinds fail here, not later
                     kinds=tuple(k.strip() for k in cfg.backgrounds.split(",") if k.strip()))
     t0 = time.time()
@@ -521,13 +600,12 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     for k in range(max(1, cfg.ensemble)):
         member_cfg = member_config(cfg, k)
         X, y = build_dataset(member_cfg, fx)
-        head = train_head(X, y, member_cfg)
+        W = None
         if cfg.mine > 0:
-            hard = mine_hard_negatives(head, member_cfg, fx)
-            if len(hard):
-                X = np.concatenate([X, hard])
-                y = np.concatenate([y, np.zeros(len(hard), np.float32)])
-                head = train_head(X, y, member_cfg, model=head, epochs=cfg.mine_epochs, lr=3e-4)
+            t1 = time.time()
+            W = mining_pool(member_cfg, fx)
+            log.info("mining pool", extra={"windows": len(W), "seconds": round(time.time() - t1, 1)})
+        head, y = fit_member(X, y, W, member_cfg)
         members.append(head)
         windows, positives = windows + int(len(y)), positives + int(y.sum())
     stats = {"windows": windows, "positives": positives, "members": len(members),

@@ -74,6 +74,55 @@ def test_averaged_heads_export_scores_the_mean_of_the_members(tmp_path):
     assert np.abs(got - single).max() > 1e-3                 # the mean, not just the first member
 
 
+@pytest.mark.parametrize("kind", ["mlp", "wide", "conv"])
+def test_every_head_kind_cascaded_with_a_verifier_exports_what_torch_scores(tmp_path, kind):
+    """Each architecture of ``--head``, with ``--verifier``, exports one ONNX graph that the server loads
+    and that scores sqrt(head * verifier), as in torch."""
+    torch = pytest.importorskip("torch", reason="training needs PyTorch (pip install 'voxserve[export]')")
+    import numpy as np
+
+    from voxserve.models.wakeword_train import Cascade, TrainConfig, export_head, make_head
+
+    torch.manual_seed(0)
+    head, verifier = make_head(kind=kind, dropout=0.3).eval(), make_head(kind=kind).eval()
+    out = tmp_path / f"{kind}.onnx"
+    export_head(Cascade.build(head, verifier), out, TrainConfig("hey test", head=kind, verifier=True), {})
+    x = np.random.default_rng(0).standard_normal((7, 16, 96)).astype(np.float32)
+    with torch.no_grad():
+        a, b = (m(torch.from_numpy(x)).numpy().reshape(-1) for m in (head, verifier))
+    got = Head.load(out).score(x)
+    assert got.shape == (7,) and np.all((got >= 0) & (got <= 1))
+    np.testing.assert_allclose(got, np.sqrt(a * b), atol=1e-5)
+    assert np.abs(got - a).max() > 1e-3 and np.abs(got - b).max() > 1e-3
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["head"] == kind
+    with pytest.raises(ValueError, match="head kind"):
+        make_head(kind="transformer")
+
+
+def test_fit_member_mines_the_pool_and_cascades_a_verifier_when_asked(monkeypatch):
+    """fit_member is train()'s recipe for one member: train, add the pool windows the head scores >= 0.05
+    as negatives and fine-tune, then (``verifier``) train the verifier on what the head scores >= 0.1."""
+    pytest.importorskip("torch", reason="training needs PyTorch (pip install 'voxserve[export]')")
+    import numpy as np
+
+    from voxserve.models import wakeword_train as wt
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 16, 96)).astype(np.float32)
+    y = (rng.random(300) < 0.3).astype(np.float32)
+    X[y > 0.5] += 0.5                                       # learnable
+    W = rng.standard_normal((200, 16, 96)).astype(np.float32) + 0.3
+    seen = {}
+    real_verifier = wt.train_verifier
+    monkeypatch.setattr(wt, "train_verifier", lambda *a, **k: seen.setdefault("v", real_verifier(*a, **k)))
+    cfg = wt.TrainConfig("hey test", epochs=2, mine_epochs=1, threads=1, head="conv", verifier=True)
+    member, y_used = wt.fit_member(X, y, W, cfg)
+    assert len(y_used) > len(y) and y_used[len(y):].sum() == 0       # mined pool windows, as negatives
+    assert "v" in seen and set(dict(member.named_children())) == {"head", "verifier"}
+    plain, y_plain = wt.fit_member(X, y, None, wt.TrainConfig("hey test", epochs=2, threads=1))
+    assert len(y_plain) == len(y) and not hasattr(plain, "verifier")
+
+
 def test_operating_point_is_the_fewest_misses_within_the_false_accept_target():
     import numpy as np
 
