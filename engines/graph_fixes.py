@@ -401,13 +401,23 @@ def fold_shapes(path: str | Path) -> bytes:
             name = f"{node.name or node.output[0]}_folded_shape"
             constant(name, target, False, onnx.TensorProto.INT64)
             node.input[1] = name
+    def reads(n) -> list[str]:
+        """What ``n`` reads, including what the nodes of its subgraphs (If, Loop, Scan) read."""
+        names = list(n.input)
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
+                      list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []):
+                for inner in g.node:
+                    names += reads(inner)
+        return names
+
     kept = [n for n in graph.node if not (set(n.output) <= folded)]
     needed = set(graph_outputs)
     live = []
     for n in reversed(kept):                             # drop what no one reads any more
         if any(o in needed for o in n.output):
             live.append(n)
-            needed.update(i for i in n.input if i)
+            needed.update(i for i in reads(n) if i)
     live.reverse()
     del graph.node[:]
     graph.node.extend(live)

@@ -176,3 +176,25 @@ def test_int8_matmuls_keeps_the_quantizers_chatter_out_of_the_log(tmp_path, capl
     ours = logging.LogRecord("voxserve", logging.INFO, "/x/voxserve/server/app.py", 1, "m", (), None)
     theirs_error = logging.LogRecord("root", logging.ERROR, "/x/onnxruntime/quantization/q.py", 1, "m", (), None)
     assert _QuantizerChatter().filter(ours) and _QuantizerChatter().filter(theirs_error)
+
+
+def test_fold_shapes_keeps_what_only_a_subgraph_reads(tmp_path):
+    """A node whose output only an If branch reads (an outer-scope value) is live, not dead."""
+    one = numpy_helper.from_array(np.ones(3, np.float32), "one")
+    branch_out = helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 3])
+    then_g = helper.make_graph([helper.make_node("Identity", ["t"], ["b"])], "then", [], [branch_out])
+    else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["b2"])], "else", [],
+                               [helper.make_tensor_value_info("b2", TensorProto.FLOAT, [2, 3])])
+    nodes = [helper.make_node("Add", ["x", "one"], ["t"]),
+             helper.make_node("If", ["flag"], ["y"], then_branch=then_g, else_branch=else_g)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+                                       helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [one])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "if.onnx"))
+    folded = fold_shapes(tmp_path / "if.onnx")
+    assert [n.op_type for n in onnx.load_from_string(folded).graph.node] == ["Add", "If"]
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    got = ort.InferenceSession(folded, providers=["CPUExecutionProvider"]).run(None, {"x": x, "flag": np.array(True)})
+    np.testing.assert_array_equal(got[0], x + 1)
