@@ -14,6 +14,14 @@ def _run(model_bytes, feeds):
     return sess.run(None, feeds)[0]
 
 
+def _save(graph, path, opset: int = 17):
+    """The model of ``graph`` (IR version 8, default-domain ``opset``), saved at ``path``."""
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return m
+
+
 def _dequantized_matmul(path, rng):
     """y = x @ DequantizeLinear(Wq, s): a weight stored as int8 and de-quantized at run time (Moonshine's form)."""
     w = rng.standard_normal((64, 32)).astype(np.float32)
@@ -23,9 +31,7 @@ def _dequantized_matmul(path, rng):
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])],
                           [wq, numpy_helper.from_array(np.array(scale, np.float32), "s")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(path))
+    m = _save(g, path)
     return m
 
 
@@ -44,9 +50,7 @@ def _if_model(path):
     g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
                                         helper.make_tensor_value_info("flag", TensorProto.BOOL, [1])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w1])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(path))
+    m = _save(g, path)
     return m.SerializeToString()
 
 
@@ -126,9 +130,7 @@ def _attention_like(path):
                                        helper.make_tensor_value_info("other", TensorProto.FLOAT, ["N"])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", 2, 4]),
                            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", "M"])], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
-    m.ir_version = 8
-    onnx.save(m, str(path))
+    m = _save(g, path, 14)
     return m.SerializeToString()
 
 
@@ -190,9 +192,7 @@ def test_fold_shapes_keeps_what_only_a_subgraph_reads(tmp_path):
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
                                        helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [one])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(tmp_path / "if.onnx"))
+    _save(g, tmp_path / "if.onnx")
     folded = fold_shapes(tmp_path / "if.onnx")
     assert [n.op_type for n in onnx.load_from_string(folded).graph.node] == ["Add", "If"]
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
