@@ -136,3 +136,6 @@ def test_operating_point_is_the_fewest_misses_within_the_false_accept_target():
     op = operating_point(pos, [noise], hours=1.0, max_fa_per_hour=0.0)
     assert op["threshold"] == 0.8 and op["frr"] == 0.4 and op["false_accepts"] == 0
     assert operating_point(pos, [np.ones(200)], hours=1.0, max_fa_per_hour=0.0) is None
+    near_one = np.array([0.999, 0.998, 0.996, 0.99])            # positives and a false peak just under 1
+    op = operating_point(near_one, [np.where(np.arange(200) == 50, 0.995, 0.0)], hours=1.0, max_fa_per_hour=0.0)
+    assert op["threshold"] == 0.996 and op["frr"] == 0.25 and op["false_accepts"] == 0
