@@ -61,19 +61,39 @@ def cmd_member(args) -> None:
           f"{time.time() - t0:.0f} s", flush=True)
 
 
-def summary(score, es, targets=(6.0, 2.0, 1.0, 0.1)) -> list[dict]:
+def memoised(score):
+    """``score`` remembering its answer per window block (the evaluation's arrays are scored once, however
+    many operating points are read from them). A block is known by its data address and shape; every block
+    seen is kept alive, so no other array can come to have its address."""
+    seen: dict = {}
+
+    def once(w: np.ndarray) -> np.ndarray:
+        key = (w.__array_interface__["data"][0], w.shape, w.strides)
+        if key not in seen:
+            seen[key] = (w, score(w))
+        return seen[key][1]
+    return once
+
+
+def summary(score, es, targets=(6.0, 2.0, 1.0, 0.1), patiences=(2, 3)) -> list[dict]:
     from voxserve.models.wakeword_eval import score_eval_set
 
     rows = []
-    for t in targets:
-        r = score_eval_set(score, es, max_fa_per_hour=t, warmup_steps=es.first_step, patience=2)
-        op, cats = r["operating_point"], r["by_category_at_operating_point"] or {}
-        row = {"target_fa_per_hour": t, "threshold": op and op["threshold"], "frr": op and round(op["frr"], 4),
-               "fa_per_hour": op and round(op["fa_per_hour"], 3)}
-        for k, v in cats.items():     # positives: miss rate; confusable: share fired; others: FA/h
-            row[k] = v.get("miss_rate", v.get("share_fired", v.get("fa_per_hour")))
-        rows.append(row)
+    score = memoised(score)
+    for p in patiences:
+        for t in targets:
+            r = score_eval_set(score, es, max_fa_per_hour=t, warmup_steps=es.first_step, patience=p)
+            rows.append(row_of(r, t, p))
     return rows
+
+
+def row_of(r: dict, t: float, p: int) -> dict:
+    op, cats = r["operating_point"], r["by_category_at_operating_point"] or {}
+    row = {"target_fa_per_hour": t, "patience": p, "threshold": op and op["threshold"],
+           "frr": op and round(op["frr"], 4), "fa_per_hour": op and round(op["fa_per_hour"], 3)}
+    for k, v in cats.items():         # positives: miss rate; confusable: share fired; others: FA/h
+        row[k] = v.get("miss_rate", v.get("share_fired", v.get("fa_per_hour")))
+    return row
 
 
 def cmd_compare(args) -> None:
@@ -102,11 +122,12 @@ def cmd_compare(args) -> None:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     cols = ["threshold", "frr", "fa_per_hour", "negatives: confusable", "positives: stream_start",
             "positives: natural", "negatives: speech", "negatives: tones"]
-    print("| variant | FA/h target | " + " | ".join(cols) + " |")
-    print("|---" * (len(cols) + 2) + "|")
+    print("| variant | patience | FA/h target | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 3) + "|")
     for spec, r in out.items():
         for row in r["rows"]:
-            print(f"| {spec} | {row['target_fa_per_hour']} | " + " | ".join(str(row.get(c)) for c in cols) + " |")
+            print(f"| {spec} | {row['patience']} | {row['target_fa_per_hour']} | "
+                  + " | ".join(str(row.get(c)) for c in cols) + " |")
 
 
 def main(argv=None) -> None:
