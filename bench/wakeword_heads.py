@@ -11,7 +11,8 @@ A variant is ``KIND[+verifier]``:
 
 - ``mlp`` (the shipped head), ``wide`` or ``conv`` (``make_head``'s kinds), trained and fine-tuned on the
   mined negatives as ``train`` does (``fit_member``);
-- ``+verifier``: cascaded with a second head of the same kind (``train_verifier``), as ``--verifier``.
+- ``+verifier``: cascaded with a second head of the same kind (``train_verifier``), as ``--verifier``;
+- a path ending in ``.onnx``: an exported head (the shipped one, say), scored as the server loads it.
 
 Scores go through the evaluation's own functions (``score_eval_set``, patience 2 as the server's default).
 One member only (the shipped head averages two): compare variants with each other, not with the shipped head.
@@ -105,15 +106,27 @@ def cmd_compare(args) -> None:
 
     es = pickle.loads(args.evalset.read_bytes())
     cfg = member_config(dataclasses.replace(TrainConfig(PHRASE), threads=args.threads), args.k)
-    X, y, W = (np.load(args.dir / f"{n}{args.k}.npy") for n in ("X", "y", "W"))
+    data: dict = {}                                 # member k's arrays, loaded when a variant trains
+
+    def member_data():
+        if not data:
+            data.update({n: np.load(args.dir / f"{n}{args.k}.npy") for n in ("X", "y", "W")})
+        return data["X"], data["y"], data["W"]
     torch.set_num_threads(args.threads)
     out = {}
     for spec in args.variants:
+        if spec.endswith(".onnx"):                  # an exported head, scored as the server loads it
+            from voxserve.server.stages.wakeword_model import Head
+
+            head = Head.load(Path(spec))
+            out[spec] = {"rows": summary(head.score, es)}
+            print(json.dumps({spec: out[spec]}), flush=True)
+            continue
         kind, _, extra = spec.partition("+")
         if extra not in ("", "verifier"):
             raise SystemExit(f"unknown variant suffix {extra!r}: verifier")
         t0 = time.time()
-        member, _ = fit_member(X, y, W, dataclasses.replace(cfg, head=kind, verifier=extra == "verifier"))
+        member, _ = fit_member(*member_data(), dataclasses.replace(cfg, head=kind, verifier=extra == "verifier"))
         rows = summary(lambda w, m=member: scores_of(m, w), es)
         out[spec] = {"train_seconds": round(time.time() - t0, 1),
                      "parameters": sum(p.numel() for p in member.parameters()), "rows": rows}
@@ -121,7 +134,7 @@ def cmd_compare(args) -> None:
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     cols = ["threshold", "frr", "fa_per_hour", "negatives: confusable", "positives: stream_start",
-            "positives: natural", "negatives: speech", "negatives: tones"]
+            "positives: natural", "negatives: speech", "negatives: tones", "negatives: real"]
     print("| variant | patience | FA/h target | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 3) + "|")
     for spec, r in out.items():
