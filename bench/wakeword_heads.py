@@ -11,7 +11,9 @@ A variant is ``KIND[+verifier]``:
 
 - ``mlp`` (the shipped head), ``wide`` or ``conv`` (``make_head``'s kinds), trained and fine-tuned on the
   mined negatives as ``train`` does (``fit_member``);
-- ``+verifier``: cascaded with a second head of the same kind (``train_verifier``), as ``--verifier``;
+- ``+verifier``: cascaded with a second head of the same kind (``train_verifier``), as ``--verifier``; its
+  first head is what the plain variant trains, so it is scored as that variant too (its train_seconds
+  are the cascade's);
 - a path ending in ``.onnx``: an exported head (the shipped one, say), scored as the server loads it.
 
 Scores go through the evaluation's own functions (``score_eval_set``, patience 2 as the server's default).
@@ -127,10 +129,14 @@ def cmd_compare(args) -> None:
             raise SystemExit(f"unknown variant suffix {extra!r}: verifier")
         t0 = time.time()
         member, _ = fit_member(*member_data(), dataclasses.replace(cfg, head=kind, verifier=extra == "verifier"))
-        rows = summary(lambda w, m=member: scores_of(m, w), es)
-        out[spec] = {"train_seconds": round(time.time() - t0, 1),
-                     "parameters": sum(p.numel() for p in member.parameters()), "rows": rows}
-        print(json.dumps({spec: out[spec]}), flush=True)
+        seconds = round(time.time() - t0, 1)
+        parts = [(spec, member)]
+        if extra and kind not in out:               # the cascade's first head is the plain variant: score it too
+            parts.append((kind, member.head))
+        for name, m in parts:
+            out[name] = {"train_seconds": seconds, "parameters": sum(p.numel() for p in m.parameters()),
+                         "rows": summary(lambda w, m=m: scores_of(m, w), es)}
+            print(json.dumps({name: out[name]}), flush=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     cols = ["threshold", "frr", "fa_per_hour", "negatives: confusable", "positives: stream_start",
