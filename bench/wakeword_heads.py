@@ -108,6 +108,8 @@ def cmd_compare(args) -> None:
 
     es = pickle.loads(args.evalset.read_bytes())
     cfg = member_config(dataclasses.replace(TrainConfig(PHRASE), threads=args.threads), args.k)
+    if args.epochs is not None:                     # a shorter schedule, to fit a slow head in the time at hand
+        cfg = dataclasses.replace(cfg, epochs=args.epochs, mine_epochs=min(cfg.mine_epochs, args.epochs))
     data: dict = {}                                 # member k's arrays, loaded when a variant trains
 
     def member_data():
@@ -134,7 +136,7 @@ def cmd_compare(args) -> None:
         if extra and kind not in out:               # the cascade's first head is the plain variant: score it too
             parts.append((kind, member.head))
         for name, m in parts:
-            out[name] = {"train_seconds": seconds, "parameters": sum(p.numel() for p in m.parameters()),
+            out[name] = {"train_seconds": seconds, "epochs": cfg.epochs, "mine_epochs": cfg.mine_epochs, "parameters": sum(p.numel() for p in m.parameters()),
                          "rows": summary(lambda w, m=m: scores_of(m, w), es)}
             print(json.dumps({name: out[name]}), flush=True)
     if args.json:
@@ -167,6 +169,8 @@ def main(argv=None) -> None:
     c.add_argument("--k", type=int, default=0)
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--json", type=Path)
+    c.add_argument("--epochs", type=int, help="training epochs (default: the recipe's); the fine-tuning on mined "
+                   "negatives runs at most as many")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     {"evalset": cmd_evalset, "member": cmd_member, "compare": cmd_compare}[args.cmd](args)
