@@ -16,13 +16,14 @@ A variant is ``KIND[+verifier]``:
   are the cascade's);
 - a path ending in ``.onnx``: an exported head (the shipped one, say), scored as the server loads it.
 
-Scores go through the evaluation's own functions (``score_eval_set``, patience 2 as the server's default).
+Scores go through the evaluation's own functions (``score_eval_set``), at patience 2 (the shipped head's) and 3.
 One member only (the shipped head averages two): compare variants with each other, not with the shipped head.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import pickle
@@ -110,12 +111,9 @@ def cmd_compare(args) -> None:
     cfg = member_config(dataclasses.replace(TrainConfig(PHRASE), threads=args.threads), args.k)
     if args.epochs is not None:                     # a shorter schedule, to fit a slow head in the time at hand
         cfg = dataclasses.replace(cfg, epochs=args.epochs, mine_epochs=min(cfg.mine_epochs, args.epochs))
-    data: dict = {}                                 # member k's arrays, loaded when a variant trains
-
-    def member_data():
-        if not data:
-            data.update({n: np.load(args.dir / f"{n}{args.k}.npy") for n in ("X", "y", "W")})
-        return data["X"], data["y"], data["W"]
+    @functools.cache
+    def member_data():                              # member k's arrays, loaded when a variant first trains
+        return tuple(np.load(args.dir / f"{n}{args.k}.npy") for n in ("X", "y", "W"))
     torch.set_num_threads(args.threads)
     out = {}
     for spec in args.variants:
@@ -136,7 +134,8 @@ def cmd_compare(args) -> None:
         if extra and kind not in out:               # the cascade's first head is the plain variant: score it too
             parts.append((kind, member.head))
         for name, m in parts:
-            out[name] = {"train_seconds": seconds, "epochs": cfg.epochs, "mine_epochs": cfg.mine_epochs, "parameters": sum(p.numel() for p in m.parameters()),
+            out[name] = {"train_seconds": seconds, "epochs": cfg.epochs, "mine_epochs": cfg.mine_epochs,
+                         "parameters": sum(p.numel() for p in m.parameters()),
                          "rows": summary(lambda w, m=m: scores_of(m, w), es)}
             print(json.dumps({name: out[name]}), flush=True)
     if args.json:
